@@ -1,0 +1,75 @@
+"""The demo consortium: nine founding organisations with keys a newcomer can use at once.
+
+Demo keys are derived from public labels, so they are for demonstrations only: anybody can
+re-derive them. Their keystores are written with the password ``demo``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from blokauto.crypto.keys import Signer, b64
+from blokauto.crypto.keystore import write_keystore
+
+DEMO_CHAIN = "blokauto.example/demo"
+DEMO_PASSWORD = "demo"
+
+DEMO_ORGS: list[dict[str, Any]] = [
+    {"id": "nordwerk", "name": "Nordwerk Motors AG", "roles": ["manufacturer"]},
+    {"id": "kestrel-parts", "name": "Kestrel Components GmbH", "roles": ["parts_maker", "logistics"]},
+    {"id": "autohaus-lenz", "name": "Autohaus Lenz", "roles": ["dealer"]},
+    {"id": "werkstatt-berg", "name": "Werkstatt Berg", "roles": ["workshop"]},
+    {"id": "quickfix", "name": "QuickFix Service Centre", "roles": ["workshop"]},
+    {"id": "alpina-insurance", "name": "Alpina Versicherung", "roles": ["insurer"]},
+    {"id": "kba-registry", "name": "Vehicle Registry Office", "roles": ["registry", "regulator"]},
+    {"id": "hanse-bank", "name": "Hanse Auto Bank", "roles": ["lender", "issuer"]},
+    {"id": "eco-recycling", "name": "EcoCycle Recycling", "roles": ["recycler"]},
+]
+OPERATOR_ORG = "nordwerk"
+
+
+def demo_admin(org_id: str) -> Signer:
+    return Signer.deterministic(f"{DEMO_CHAIN}/{org_id}/admin")
+
+
+def demo_member(org_id: str, n: int = 1) -> Signer:
+    return Signer.deterministic(f"{DEMO_CHAIN}/{org_id}/member{n}")
+
+
+def demo_node_key(org_id: str) -> Signer:
+    return Signer.deterministic(f"{DEMO_CHAIN}/{org_id}/node")
+
+
+def node_key_name(chain: str, org_id: str) -> str:
+    return f"{chain}/{org_id}"
+
+
+def demo_genesis(time_ms: int | None = None, chain: str = DEMO_CHAIN) -> dict[str, Any]:
+    orgs = []
+    for spec in DEMO_ORGS:
+        org = {**spec, "admins": [demo_admin(spec["id"]).did]}
+        org["node"] = {"name": node_key_name(chain, spec["id"]),
+                       "public_key": b64(demo_node_key(spec["id"]).public_key)}
+        orgs.append(org)
+    return {
+        "version": 1,
+        "chain": chain,
+        "time_ms": int(time.time() * 1000) if time_ms is None else time_ms,
+        "orgs": orgs,
+        "policies": {"checkpoint.quorum": 1, "title.registry_cosign": False},
+    }
+
+
+def write_demo_keystores(directory: Path) -> list[Path]:
+    """Admin and one member keystore per organisation, password ``demo``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for spec in DEMO_ORGS:
+        for suffix, signer in (("admin", demo_admin(spec["id"])), ("member", demo_member(spec["id"]))):
+            path = directory / f"{spec['id']}-{suffix}.json"
+            if not path.exists():
+                write_keystore(path, signer.signing_key, DEMO_PASSWORD, strength="interactive")
+            paths.append(path)
+    return paths

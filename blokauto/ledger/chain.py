@@ -1,0 +1,349 @@
+"""The block executor: order in, deterministic execution, one atomic commit, a signed checkpoint.
+
+Every node that runs :meth:`Ledger.apply_block` on the same ordered transactions with the same
+block time reaches the same leaves, log root, state root and header hash: nothing here reads a
+clock, draws randomness or depends on dict order of anything but canonical data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nacl.signing import SigningKey
+
+from blokauto.crypto import canonical
+from blokauto.crypto.keys import b64, unb64
+from blokauto.crypto.merkle import EMPTY_ROOT, leaf_hash
+from blokauto.crypto.note import Checkpoint, sign_checkpoint
+from blokauto.errors import BlokError, InputError, Rejected, StorageError
+from blokauto.ledger.log import LogAppender
+from blokauto.ledger.smt import SparseMerkleTree
+from blokauto.ledger.state import ADMIN, ANYONE, MEMBER, Context, TxType, key_record, nonce_key
+from blokauto.ledger.store import BlockWrite, Store
+from blokauto.ledger.tx import SignedTx
+
+log = logging.getLogger("blokauto.ledger")
+
+STATE_CACHE_ENTRIES = 200_000
+_decode_value = msgspec.json.Decoder().decode
+
+
+def state_key_hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def state_value_hash(encoded: bytes) -> bytes:
+    return hashlib.sha256(encoded).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A block header: commits to the previous header, the log, the state and the time."""
+
+    chain: str
+    height: int
+    prev: bytes
+    time_ms: int
+    log_size: int
+    log_root: bytes
+    state_root: bytes
+    tx_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain, "height": self.height, "prev": b64(self.prev), "time_ms": self.time_ms,
+            "log_size": self.log_size, "log_root": b64(self.log_root), "state_root": b64(self.state_root),
+            "tx_count": self.tx_count,
+        }
+
+    def encode(self) -> bytes:
+        return canonical.encode(self.to_json())
+
+    def hash(self) -> bytes:
+        return hashlib.sha256(self.encode()).digest()
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Header:
+        try:
+            return cls(
+                chain=str(obj["chain"]), height=int(obj["height"]), prev=unb64(obj["prev"], size=32),
+                time_ms=int(obj["time_ms"]), log_size=int(obj["log_size"]),
+                log_root=unb64(obj["log_root"], size=32), state_root=unb64(obj["state_root"], size=32),
+                tx_count=int(obj["tx_count"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"malformed block header: {exc}", code="bad_header") from None
+
+    @classmethod
+    def decode(cls, data: bytes) -> Header:
+        return cls.from_json(canonical.decode(data))
+
+
+def block_extension(height: int, block_hash: bytes) -> str:
+    """The checkpoint extension line that ties a log size to a block header (and its state root)."""
+    return f"block {height} {b64(block_hash)}"
+
+
+def parse_block_extension(extensions: Sequence[str]) -> tuple[int, bytes] | None:
+    for line in extensions:
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[0] == "block" and parts[1].isdigit():
+            return int(parts[1]), unb64(parts[2], size=32, what="block hash")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSigner:
+    """The key a node signs checkpoints with, under its signed-note key name."""
+
+    name: str
+    key: SigningKey
+
+    def sign(self, checkpoint: Checkpoint) -> str:
+        return sign_checkpoint(checkpoint, self.name, self.key)
+
+
+@dataclass(slots=True)
+class TxOutcome:
+    tx: SignedTx
+    receipt: dict[str, Any] | None       # None when dropped (never became a leaf)
+    error: BlokError | None = None
+
+
+@dataclass(slots=True)
+class BlockResult:
+    header: Header
+    block_hash: bytes
+    checkpoint: str
+    outcomes: list[TxOutcome] = field(default_factory=list)
+
+
+class _BlockState:
+    """Reads through the block's pending writes to the committed state."""
+
+    __slots__ = ("ledger", "pending")
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.pending: dict[str, tuple[Any, bytes | None]] = {}
+
+    def get(self, key: str) -> Any | None:
+        entry = self.pending.get(key)
+        if entry is not None:
+            value, encoded = entry
+            return None if encoded is None else _decode_value(encoded)
+        return self.ledger.get_committed(key)
+
+
+def _result_json(status: str, events: list[dict[str, Any]] | None = None, code: str = "", message: str = "") -> dict[str, Any]:
+    if status == "ok":
+        return {"status": "ok", "events": events or []}
+    return {"status": "rejected", "code": code, "message": message[:300]}
+
+
+class Ledger:
+    """One node's ledger: committed state, log appender, state tree and the executor."""
+
+    def __init__(self, store: Store, registry: Mapping[str, TxType], signer: CheckpointSigner | None = None) -> None:
+        self.store = store
+        self.registry = registry
+        self.signer = signer
+        genesis = store.get_meta("genesis")
+        if genesis is None:
+            raise StorageError("ledger has no genesis", code="no_ledger")
+        self.genesis: dict[str, Any] = canonical.decode(genesis)
+        self.chain: str = self.genesis["chain"]
+        self._cache: dict[str, bytes | None] = {}
+        self._reload()
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        store: Store,
+        registry: Mapping[str, TxType],
+        genesis: dict[str, Any],
+        apply_genesis: Callable[[Context, dict[str, Any]], None],
+        signer: CheckpointSigner | None = None,
+    ) -> Ledger:
+        """Write block 0: the genesis document's state, signed like any other checkpoint."""
+        if store.get_meta("genesis") is not None:
+            raise StorageError("this data directory already holds a ledger", code="ledger_exists")
+        genesis_bytes = canonical.encode(genesis)
+        ctx = Context(reader=_EmptyReader(), tx_hash="genesis", signer="", cosigners=(), height=0,
+                      time_ms=int(genesis["time_ms"]), chain=str(genesis["chain"]), member=None)
+        apply_genesis(ctx, genesis)
+        writes = {k: canonical.encode(v) for k, v in ctx.writes.items() if v is not None}
+        smt = SparseMerkleTree(lambda i: store.get_smt_node(i, store.writer), next_id=1)
+        root_id, state_root, nodes = smt.update(None, {state_key_hash(k): state_value_hash(v) for k, v in writes.items()})
+        header = Header(chain=str(genesis["chain"]), height=0, prev=hashlib.sha256(genesis_bytes).digest(),
+                        time_ms=int(genesis["time_ms"]), log_size=0, log_root=EMPTY_ROOT,
+                        state_root=state_root, tx_count=0)
+        block_hash = header.hash()
+        checkpoint = cls._sign(signer, header, block_hash)
+        store.commit_block(BlockWrite(
+            height=0, block_hash=block_hash, header=header.encode(), state_root_id=root_id, checkpoint=checkpoint,
+            leaves=[], log_nodes=[], smt_nodes=nodes, state_puts=sorted(writes.items()), state_deletes=[],
+            meta={"genesis": genesis_bytes},
+        ))
+        return cls(store, registry, signer)
+
+    def _reload(self) -> None:
+        """(Re)build the in-memory view from what is committed: after start or a failed commit."""
+        store = self.store
+        height = store.head_height(store.writer)
+        block = store.get_block(height, store.writer)
+        if block is None:
+            raise StorageError("ledger has no blocks", code="corrupt_store")
+        self.head_hash, header_bytes, self.state_root_id, self.head_checkpoint = block
+        self.head = Header.decode(header_bytes)
+        self.appender = LogAppender(self.head.log_size, lambda ids: store.get_log_nodes(ids, store.writer))
+        self.smt = SparseMerkleTree(lambda i: store.get_smt_node(i, store.writer), next_id=store.max_smt_id() + 1)
+        self._cache.clear()
+
+    @staticmethod
+    def _sign(signer: CheckpointSigner | None, header: Header, block_hash: bytes) -> str:
+        checkpoint = Checkpoint(origin=header.chain, size=header.log_size, root=header.log_root,
+                                extensions=(block_extension(header.height, block_hash),))
+        if signer is None:
+            return checkpoint.to_text()
+        return signer.sign(checkpoint)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def get_committed(self, key: str) -> Any | None:
+        try:
+            encoded = self._cache[key]
+        except KeyError:
+            encoded = self.store.get_state(key, self.store.writer)
+            if len(self._cache) >= STATE_CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = encoded
+        return None if encoded is None else _decode_value(encoded)
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def check_auth(self, state: Any, tx: SignedTx, tx_type: TxType) -> tuple[dict[str, Any] | None, str, str]:
+        """Who is signing and may they send this type? Returns (member, error code, message)."""
+        member = state.get(key_record(tx.signer))
+        if member is not None:
+            if member.get("status") != "active":
+                return None, "key_revoked", "the signing key has been revoked"
+            org = state.get(f"id/org/{member['org']}")
+            if org is None or org.get("status") != "active":
+                return None, "org_suspended", "the signer's organisation is not active"
+        for did in tx.cosigners:
+            cosigner = state.get(key_record(did))
+            if cosigner is not None and cosigner.get("status") != "active":
+                return None, "key_revoked", f"cosigning key {did} has been revoked"
+        roles = tx_type.roles
+        if ANYONE in roles:
+            return member, "", ""
+        if member is None:
+            return None, "forbidden", f"{tx.type} needs a member key of the consortium"
+        if MEMBER in roles or (ADMIN in roles and member.get("admin")) or not roles.isdisjoint(member["roles"]):
+            return member, "", ""
+        needed = ", ".join(sorted(roles))
+        return None, "forbidden", f"{tx.type} needs one of the roles: {needed}"
+
+    def _execute(self, state: _BlockState, tx: SignedTx, height: int, time_ms: int) -> dict[str, Any]:
+        tx_type = self.registry.get(tx.type)
+        if tx_type is None:
+            return _result_json("rejected", code="unknown_type", message=f"unknown transaction type {tx.type}")
+        member, code, message = self.check_auth(state, tx, tx_type)
+        if code:
+            return _result_json("rejected", code=code, message=message)
+        try:
+            payload = msgspec.convert(tx.payload, tx_type.payload_type, strict=True)
+        except msgspec.ValidationError as exc:
+            return _result_json("rejected", code="bad_payload", message=str(exc))
+        ctx = Context(reader=state, tx_hash=tx.hash_hex, signer=tx.signer, cosigners=tx.cosigners,
+                      height=height, time_ms=time_ms, chain=self.chain, member=member)
+        try:
+            tx_type.handler(ctx, payload)
+            encoded = [(k, v, None if v is None else canonical.encode(v)) for k, v in ctx.writes.items()]
+        except Rejected as exc:
+            return _result_json("rejected", code=exc.code, message=exc.message)
+        except InputError as exc:
+            return _result_json("rejected", code=exc.code, message=exc.message)
+        except Exception as exc:  # a contract bug: deterministic on every node, so it is recorded, not fatal
+            log.exception("contract %s failed on %s", tx.type, tx.hash_hex)
+            return _result_json("rejected", code="contract_error", message=type(exc).__name__)
+        pending = state.pending
+        for key, value, enc in encoded:
+            pending[key] = (value, enc)
+        return _result_json("ok", events=ctx.events)
+
+    def apply_block(self, txs: Sequence[SignedTx], time_ms: int) -> BlockResult:
+        """Execute ``txs`` in order as the next block and commit it atomically."""
+        head = self.head
+        height = head.height + 1
+        time_ms = max(time_ms, head.time_ms)
+        state = _BlockState(self)
+        pending = state.pending
+        outcomes: list[TxOutcome] = []
+        leaves: list[tuple[int, int, bytes, bytes]] = []
+        leaf_hashes: list[bytes] = []
+        index = head.log_size
+        for tx in txs:
+            nkey = nonce_key(tx.signer)
+            last = state.get(nkey) or 0
+            if tx.nonce <= last:
+                outcomes.append(TxOutcome(tx, None, Rejected(
+                    f"nonce {tx.nonce} is not above {last}", code="stale_nonce", http_status=409)))
+                continue
+            result = self._execute(state, tx, height, time_ms)
+            pending[nkey] = (tx.nonce, str(tx.nonce).encode())
+            result_bytes = canonical.encode(result)
+            leaf = b'{"height":%d,"result":%s,"tx":%s}' % (height, result_bytes, tx.raw)
+            leaves.append((index, height, tx.hash, leaf))
+            leaf_hashes.append(leaf_hash(leaf))
+            receipt = {"tx": tx.hash_hex, "height": height, "leaf_index": index, **result}
+            outcomes.append(TxOutcome(tx, receipt))
+            index += 1
+        if not leaves:
+            return BlockResult(header=head, block_hash=self.head_hash, checkpoint=self.head_checkpoint,
+                               outcomes=outcomes)
+        return self._commit(height, time_ms, pending, leaves, leaf_hashes, outcomes)
+
+    def _commit(self, height: int, time_ms: int, pending: dict[str, tuple[Any, bytes | None]],
+                leaves: list[tuple[int, int, bytes, bytes]], leaf_hashes: list[bytes],
+                outcomes: list[TxOutcome]) -> BlockResult:
+        try:
+            changes = {state_key_hash(k): None if enc is None else state_value_hash(enc)
+                       for k, (_, enc) in pending.items()}
+            root_id, state_root, smt_nodes = self.smt.update(self.state_root_id, changes)
+            log_nodes = self.appender.append(leaf_hashes)
+            header = Header(chain=self.chain, height=height, prev=self.head_hash, time_ms=time_ms,
+                            log_size=self.appender.size, log_root=self.appender.root(),
+                            state_root=state_root, tx_count=len(leaves))
+            block_hash = header.hash()
+            checkpoint = self._sign(self.signer, header, block_hash)
+            puts = [(k, enc) for k, (_, enc) in pending.items() if enc is not None]
+            deletes = [(k,) for k, (_, enc) in pending.items() if enc is None]
+            self.store.commit_block(BlockWrite(
+                height=height, block_hash=block_hash, header=header.encode(), state_root_id=root_id,
+                checkpoint=checkpoint, leaves=leaves, log_nodes=log_nodes, smt_nodes=smt_nodes,
+                state_puts=puts, state_deletes=deletes,
+            ))
+        except BaseException:
+            self._reload()
+            raise
+        cache = self._cache
+        if len(cache) + len(pending) >= STATE_CACHE_ENTRIES:
+            cache.clear()
+        for key, (_, enc) in pending.items():
+            cache[key] = enc
+        self.head, self.head_hash, self.state_root_id, self.head_checkpoint = header, block_hash, root_id, checkpoint
+        return BlockResult(header=header, block_hash=block_hash, checkpoint=checkpoint, outcomes=outcomes)
+
+
+class _EmptyReader:
+    def get(self, key: str) -> Any | None:
+        return None

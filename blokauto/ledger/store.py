@@ -1,0 +1,222 @@
+"""SQLite storage of one node: blocks, log leaves and nodes, state, state-tree nodes.
+
+One block commits in one SQLite transaction (WAL), so a crash leaves the node exactly at a
+block boundary. Only the committer thread writes; every other thread reads through its own
+connection, which in WAL mode sees the last committed block and never blocks the writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blokauto.errors import StorageError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    header BLOB NOT NULL,
+    state_root_id INTEGER,
+    checkpoint TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leaves (
+    idx INTEGER PRIMARY KEY,
+    height INTEGER NOT NULL,
+    txhash BLOB NOT NULL,
+    leaf BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leaves_by_tx ON leaves (txhash);
+CREATE TABLE IF NOT EXISTS log_nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS smt_nodes (id INTEGER PRIMARY KEY, node BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+DB_FILE = "ledger.sqlite"
+
+
+@dataclass(slots=True)
+class BlockWrite:
+    """Everything one block adds, written atomically by :meth:`Store.commit_block`."""
+
+    height: int
+    block_hash: bytes
+    header: bytes
+    state_root_id: int | None
+    checkpoint: str
+    leaves: list[tuple[int, int, bytes, bytes]]          # (idx, height, txhash, leaf)
+    log_nodes: list[tuple[int, bytes]]
+    smt_nodes: list[tuple[int, bytes]]
+    state_puts: list[tuple[str, bytes]]
+    state_deletes: list[tuple[str]]
+    meta: Mapping[str, bytes] | None = None
+
+
+def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA mmap_size=268435456")
+    return conn
+
+
+class Store:
+    """The node's database. ``synchronous=FULL`` also survives power loss, NORMAL survives kill -9."""
+
+    def __init__(self, data_dir: Path, *, synchronous: str = "NORMAL", create: bool = False) -> None:
+        self.path = Path(data_dir) / DB_FILE
+        if not create and not self.path.exists():
+            raise StorageError(f"no ledger at {data_dir} (run 'blokauto init --data {data_dir}' first)",
+                               code="no_ledger")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self.writer = connect(self.path, synchronous=synchronous)
+        self.writer.executescript(SCHEMA)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    # -- connections -----------------------------------------------------------------------
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (WAL snapshot of the last committed block)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self.writer.close()
+
+    # -- meta ------------------------------------------------------------------------------
+
+    def get_meta(self, key: str, conn: sqlite3.Connection | None = None) -> bytes | None:
+        row = (conn or self.writer).execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_meta(self, values: Mapping[str, bytes]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(values.items()))
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.writer)
+
+    def commit_block(self, w: BlockWrite) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO blocks (height, hash, header, state_root_id, checkpoint) VALUES (?, ?, ?, ?, ?)",
+                (w.height, w.block_hash, w.header, w.state_root_id, w.checkpoint),
+            )
+            conn.executemany("INSERT INTO leaves (idx, height, txhash, leaf) VALUES (?, ?, ?, ?)", w.leaves)
+            conn.executemany("INSERT INTO log_nodes (id, hash) VALUES (?, ?)", w.log_nodes)
+            conn.executemany("INSERT INTO smt_nodes (id, node) VALUES (?, ?)", w.smt_nodes)
+            conn.executemany("INSERT OR REPLACE INTO state (k, v) VALUES (?, ?)", w.state_puts)
+            conn.executemany("DELETE FROM state WHERE k = ?", w.state_deletes)
+            if w.meta:
+                conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(w.meta.items()))
+
+    # -- reads (any thread: pass its connection, default is this thread's reader) ----------
+
+    def _conn(self, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+        return conn if conn is not None else self.reader()
+
+    def get_state(self, key: str, conn: sqlite3.Connection | None = None) -> bytes | None:
+        row = self._conn(conn).execute("SELECT v FROM state WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def iter_state(self, prefix: str = "", conn: sqlite3.Connection | None = None,
+                   limit: int = -1) -> Iterator[tuple[str, bytes]]:
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"
+        rows = self._conn(conn).execute(
+            "SELECT k, v FROM state WHERE k >= ? AND k < ? ORDER BY k LIMIT ?", (prefix, upper, limit)
+        )
+        for key, value in rows:
+            yield key, bytes(value)
+
+    def get_log_nodes(self, ids: Sequence[int], conn: sqlite3.Connection | None = None) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        c = self._conn(conn)
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for node_id, digest in c.execute(f"SELECT id, hash FROM log_nodes WHERE id IN ({marks})", chunk):
+                found[node_id] = bytes(digest)
+        return found
+
+    def get_smt_node(self, node_id: int, conn: sqlite3.Connection | None = None) -> bytes:
+        row = self._conn(conn).execute("SELECT node FROM smt_nodes WHERE id = ?", (node_id,)).fetchone()
+        if row is None:
+            raise StorageError(f"state tree node {node_id} is missing", code="corrupt_store")
+        return bytes(row[0])
+
+    def max_smt_id(self) -> int:
+        row = self.writer.execute("SELECT max(id) FROM smt_nodes").fetchone()
+        return int(row[0] or 0)
+
+    def get_block(self, height: int, conn: sqlite3.Connection | None = None) -> tuple[bytes, bytes, int | None, str] | None:
+        row = self._conn(conn).execute(
+            "SELECT hash, header, state_root_id, checkpoint FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        if row is None:
+            return None
+        return bytes(row[0]), bytes(row[1]), row[2], str(row[3])
+
+    def head_height(self, conn: sqlite3.Connection | None = None) -> int:
+        row = self._conn(conn).execute("SELECT max(height) FROM blocks").fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    def block_tx_hashes(self, height: int, conn: sqlite3.Connection | None = None) -> list[bytes]:
+        rows = self._conn(conn).execute("SELECT txhash FROM leaves WHERE height = ? ORDER BY idx", (height,))
+        return [bytes(r[0]) for r in rows]
+
+    def find_leaf(self, txhash: bytes, conn: sqlite3.Connection | None = None) -> tuple[int, int, bytes] | None:
+        row = self._conn(conn).execute(
+            "SELECT idx, height, leaf FROM leaves WHERE txhash = ? ORDER BY idx DESC LIMIT 1", (txhash,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
+
+    def iter_leaves(self, start: int, end: int, conn: sqlite3.Connection | None = None) -> Iterator[tuple[int, int, bytes]]:
+        rows = self._conn(conn).execute(
+            "SELECT idx, height, leaf FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+        )
+        for idx, height, leaf in rows:
+            yield int(idx), int(height), bytes(leaf)
+
+    def stats(self) -> dict[str, Any]:
+        page_size = self.writer.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.writer.execute("PRAGMA page_count").fetchone()[0]
+        return {"bytes": int(page_size) * int(pages)}
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

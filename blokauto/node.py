@@ -1,0 +1,305 @@
+"""The composition root of one node: storage, ledger, contracts, orderer and the committer.
+
+Submissions arrive from any thread (API workers, the bench, the CLI): they are checked
+statelessly (size, canonical form, schema, chain id, signatures), then against the committed
+state and the not-yet-committed queue (nonce, role, revocation) — a refusal there writes
+nothing — and handed to the orderer. One committer thread cuts blocks from the order,
+executes and commits them, and resolves each submitter's future with its receipt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from blokauto import metrics
+from blokauto.contracts import governance
+from blokauto.contracts.registry import convert_payload, load_all
+from blokauto.crypto import canonical
+from blokauto.crypto.keys import b64, unb64
+from blokauto.crypto.note import verifier_key
+from blokauto.errors import BlokError, InputError, Rejected, StorageError
+from blokauto.ledger.chain import BlockResult, CheckpointSigner, Ledger
+from blokauto.ledger.state import nonce_key
+from blokauto.ledger.store import Store
+from blokauto.ledger.tx import SignedTx, parse_tx, verify_tx_signatures
+from blokauto.ordering.solo import SoloOrderer
+
+log = logging.getLogger("blokauto.node")
+
+NODE_KEY_FILE = "node.key"
+NODE_CONFIG_FILE = "node.json"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    max_block_txs: int = 4000
+    idle_wait_s: float = 0.05
+    synchronous: str = "NORMAL"
+
+
+def write_node_key(data_dir: Path, org_id: str, name: str, key: SigningKey) -> None:
+    """The node's checkpoint key: read at start without a password, so kept 0600 like a TLS key."""
+    path = data_dir / NODE_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(canonical.encode({"org": org_id, "name": name, "seed": b64(bytes(key))}).decode() + "\n")
+
+
+def read_node_key(data_dir: Path) -> tuple[str, CheckpointSigner]:
+    path = data_dir / NODE_KEY_FILE
+    try:
+        doc = canonical.decode(path.read_bytes().strip())
+        return str(doc["org"]), CheckpointSigner(str(doc["name"]), SigningKey(unb64(doc["seed"], size=32)))
+    except FileNotFoundError:
+        raise StorageError(f"no node key at {path}", code="no_node_key") from None
+    except (KeyError, ValueError, InputError) as exc:
+        raise StorageError(f"node key {path} is unreadable: {exc}", code="bad_node_key") from None
+
+
+def init_ledger(data_dir: Path, genesis: dict[str, Any], org_id: str, node_key: SigningKey,
+                synchronous: str = "NORMAL") -> None:
+    """Create a new data directory holding block 0 of ``genesis``, run by ``org_id``'s node."""
+    data_dir = Path(data_dir)
+    parsed = governance.parse_genesis(genesis)
+    org = next((o for o in parsed.orgs if o.id == org_id), None)
+    if org is None:
+        raise InputError(f"organisation {org_id} is not in the genesis", code="bad_genesis")
+    if org.node is None or org.node.public_key != b64(bytes(node_key.verify_key)):
+        raise InputError(f"the genesis does not name this node key for {org_id}", code="bad_genesis")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if (data_dir / NODE_KEY_FILE).exists() or (data_dir / "ledger.sqlite").exists():
+        raise StorageError(f"{data_dir} already holds a ledger", code="ledger_exists")
+    write_node_key(data_dir, org_id, org.node.name, node_key)
+    store = Store(data_dir, create=True, synchronous=synchronous)
+    try:
+        Ledger.create(store, load_all(), genesis, governance.apply_genesis,
+                      CheckpointSigner(org.node.name, node_key))
+    finally:
+        store.close()
+    (data_dir / "genesis.json").write_bytes(canonical.encode(genesis) + b"\n")
+
+
+class Node:
+    """A running node: accept, order, execute, commit, answer."""
+
+    def __init__(self, data_dir: Path, config: NodeConfig | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.config = config or NodeConfig()
+        self.org_id, signer = read_node_key(self.data_dir)
+        self.store = Store(self.data_dir, synchronous=self.config.synchronous)
+        self.registry = load_all()
+        self.ledger = Ledger(self.store, self.registry, signer)
+        self.chain = self.ledger.chain
+        self.orderer = SoloOrderer()
+        self._lock = threading.Lock()
+        self._waiting: dict[bytes, Future[dict[str, Any]]] = {}
+        self._pending_nonce: dict[str, int] = {}
+        self._committer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._fatal: BaseException | None = None
+        self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self.commit_listeners: list[Any] = []
+        metrics.HEIGHT.set(self.ledger.head.height)
+        metrics.LOG_SIZE.set(self.ledger.head.log_size)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Node:
+        if self._committer is None:
+            self._committer = threading.Thread(target=self._run, name="committer", daemon=True)
+            self._committer.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self.orderer.close()
+        if self._committer is not None:
+            self._committer.join(timeout=30)
+            self._committer = None
+        self._verify_pool.shutdown(wait=True)
+        self._fail_waiting(StorageError("node stopped", code="node_stopped"))
+        self.store.close()
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self._fatal is None and self._committer is not None and self._committer.is_alive()
+
+    # -- submission ------------------------------------------------------------------------------
+
+    def check(self, raw: bytes) -> SignedTx:
+        """Stateless then stateful checks; raises a :class:`BlokError` and writes nothing on refusal."""
+        try:
+            tx = parse_tx(raw, self.chain)
+            tx_type = self.registry.get(tx.type)
+            if tx_type is None:
+                raise InputError(f"unknown transaction type {tx.type}", code="unknown_type")
+            convert_payload(tx_type, tx.payload)
+            verify_tx_signatures(tx)
+            self._check_auth(tx)
+        except BlokError as exc:
+            metrics.REJECTIONS.labels(code=exc.code, stage="submit").inc()
+            raise
+        return tx
+
+    def _read_state(self, key: str) -> Any | None:
+        encoded = self.store.get_state(key)
+        return None if encoded is None else canonical.decode(encoded)
+
+    def _check_auth(self, tx: SignedTx) -> None:
+        _, code, message = self.ledger.check_auth(_ReaderState(self), tx, self.registry[tx.type])
+        if code:
+            raise Rejected(message, code=code, http_status=403)
+
+    def enqueue(self, tx: SignedTx) -> Future[dict[str, Any]]:
+        """Reserve the nonce and hand the transaction to the orderer."""
+        if self._fatal is not None:
+            raise StorageError("the node has stopped committing; see its log", code="node_failed")
+        future: Future[dict[str, Any]] = Future()
+        with self._lock:
+            if tx.hash in self._waiting:
+                raise Rejected("this transaction is already waiting to be committed", code="duplicate",
+                               http_status=409)
+            committed = self._read_state(nonce_key(tx.signer)) or 0
+            floor = max(committed, self._pending_nonce.get(tx.signer, 0))
+            if tx.nonce <= floor:
+                metrics.REJECTIONS.labels(code="stale_nonce", stage="submit").inc()
+                raise Rejected(f"nonce {tx.nonce} is not above {floor} (replayed or out of order)",
+                               code="stale_nonce", http_status=409)
+            self._pending_nonce[tx.signer] = tx.nonce
+            self._waiting[tx.hash] = future
+        self.orderer.submit(tx)
+        metrics.QUEUE_DEPTH.set(self.orderer.depth())
+        return future
+
+    def submit(self, raw: bytes) -> Future[dict[str, Any]]:
+        return self.enqueue(self.check(raw))
+
+    def submit_many(self, raws: Sequence[bytes], chunk: int = 256) -> list[Future[dict[str, Any]]]:
+        """Check in parallel on the verify pool (PyNaCl releases the GIL), enqueue in order."""
+        futures: list[Future[dict[str, Any]]] = []
+        chunks = [raws[i : i + chunk] for i in range(0, len(raws), chunk)]
+        for checked in self._verify_pool.map(self._check_chunk, chunks):
+            for item in checked:
+                if isinstance(item, BlokError):
+                    failed: Future[dict[str, Any]] = Future()
+                    failed.set_exception(item)
+                    futures.append(failed)
+                else:
+                    futures.append(self.enqueue(item))
+        return futures
+
+    def _check_chunk(self, raws: Iterable[bytes]) -> list[SignedTx | BlokError]:
+        out: list[SignedTx | BlokError] = []
+        for raw in raws:
+            try:
+                out.append(self.check(raw))
+            except BlokError as exc:
+                out.append(exc)
+        return out
+
+    # -- the committer ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        cfg = self.config
+        while not self._stop.is_set():
+            batch = self.orderer.next_batch(cfg.max_block_txs, cfg.idle_wait_s)
+            metrics.QUEUE_DEPTH.set(self.orderer.depth())
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                result = self.ledger.apply_block(batch, int(time.time() * 1000))
+            except BaseException as exc:  # storage failure: stop committing, keep what is committed
+                log.exception("block commit failed; the node stops committing")
+                self._fatal = exc
+                self._fail_waiting(StorageError(f"commit failed: {exc}", code="commit_failed"))
+                return
+            metrics.BLOCK_SECONDS.observe(time.perf_counter() - started)
+            self._resolve(result)
+
+    def _resolve(self, result: BlockResult) -> None:
+        ok = rejected = 0
+        with self._lock:
+            for outcome in result.outcomes:
+                tx = outcome.tx
+                future = self._waiting.pop(tx.hash, None)
+                if self._pending_nonce.get(tx.signer) == tx.nonce:
+                    del self._pending_nonce[tx.signer]
+                if future is None:
+                    continue
+                if outcome.receipt is None:
+                    future.set_exception(outcome.error or Rejected("dropped", code="dropped"))
+                    continue
+                if outcome.receipt["status"] == "ok":
+                    ok += 1
+                else:
+                    rejected += 1
+                    metrics.REJECTIONS.labels(code=outcome.receipt["code"], stage="execute").inc()
+                future.set_result(outcome.receipt)
+        if result.outcomes:
+            metrics.BLOCKS.inc()
+            metrics.COMMITTED.labels(status="ok").inc(ok)
+            metrics.COMMITTED.labels(status="rejected").inc(rejected)
+            metrics.HEIGHT.set(result.header.height)
+            metrics.LOG_SIZE.set(result.header.log_size)
+            log.info("block committed", extra={"height": result.header.height, "txs": len(result.outcomes),
+                                               "log_size": result.header.log_size})
+        for listener in self.commit_listeners:
+            listener(result)
+
+    def _fail_waiting(self, error: BlokError) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+            self._pending_nonce.clear()
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(error)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def checkpoint_keys(self) -> list[str]:
+        """Verifier keys (signed-note form) of every organisation's node."""
+        keys = []
+        for _, encoded in self.store.iter_state("id/node/"):
+            node = canonical.decode(encoded)
+            keys.append(verifier_key(node["name"], unb64(node["public_key"])))
+        return sorted(keys)
+
+    def checkpoint_quorum(self) -> int:
+        return int(self._read_state("policy/checkpoint.quorum") or 1)
+
+
+class _ReaderState:
+    """Committed state read through this thread's own connection (for submission checks)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def get(self, key: str) -> Any | None:
+        return self.node._read_state(key)
+
+
+def genesis_known_keys(genesis: dict[str, Any]) -> list[str]:
+    keys = []
+    for org in genesis.get("orgs", []):
+        node = org.get("node")
+        if node:
+            keys.append(verifier_key(node["name"], unb64(node["public_key"])))
+    return sorted(keys)
+
