@@ -159,7 +159,7 @@ class Node:
 
     def _read_state(self, key: str) -> Any | None:
         encoded = self.store.get_state(key)
-        return None if encoded is None else canonical.decode(encoded)
+        return None if encoded is None else canonical.decode_trusted(encoded)
 
     def _check_auth(self, tx: SignedTx) -> None:
         _, code, message = self.ledger.check_auth(_ReaderState(self), tx, self.registry[tx.type])
@@ -272,6 +272,14 @@ class Node:
                 future.set_exception(error)
 
     # -- reads --------------------------------------------------------------------------------
+
+    def is_pending(self, tx_hash: bytes) -> bool:
+        with self._lock:
+            return tx_hash in self._waiting
+
+    def pending_nonce(self, did: str) -> int:
+        with self._lock:
+            return self._pending_nonce.get(did, 0)
 
     def checkpoint_keys(self) -> list[str]:
         """Verifier keys (signed-note form) of every organisation's node."""

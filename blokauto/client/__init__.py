@@ -1,0 +1,5 @@
+"""Python SDK for a Blok Auto node."""
+
+from blokauto.client.client import Client
+
+__all__ = ["Client"]

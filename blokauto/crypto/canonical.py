@@ -28,6 +28,7 @@ def _refuse_float(text: str) -> Any:
 
 _encoder = msgspec.json.Encoder(order="sorted")
 _decoder = msgspec.json.Decoder(float_hook=_refuse_float)
+_plain_decoder = msgspec.json.Decoder()
 
 
 def check_value(value: Any, depth: int = 0) -> None:
@@ -66,20 +67,29 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
+def decode_trusted(data: bytes) -> Any:
+    """Parse bytes this node wrote itself (stored state): no canonical check."""
+    return _plain_decoder.decode(data)
+
+
 def encode_trusted(value: Any) -> bytes:
     """Canonical bytes of a value the caller built from checked parts (skips the walk)."""
     return _encoder.encode(value)
 
 
-def decode(data: bytes) -> Any:
-    """Parse canonical bytes; anything else (whitespace, key order, escapes, duplicates) is refused."""
+def decode(data: bytes, *, walk: bool = True) -> Any:
+    """Parse canonical bytes; anything else (whitespace, key order, escapes, duplicates) is refused.
+
+    ``walk=False`` leaves the integer-range and key checks to a caller that knows the shape
+    and checks the free-form parts itself (the transaction parser); floats are always refused.
+    """
     try:
         value = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise InputError(f"malformed JSON: {exc}", code="malformed_json") from None
     # Fast path: floats are refused by the decoder's hook; only long digit runs (possible
     # unsafe integers), non-ASCII text (keys, surrogates) or escapes need the full walk.
-    if not data.isascii() or b"\\u" in data or _LONG_NUMBER.search(data):
+    if walk and (not data.isascii() or b"\\u" in data or _LONG_NUMBER.search(data)):
         check_value(value)
     if _encoder.encode(value) != data:
         raise InputError(

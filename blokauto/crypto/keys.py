@@ -114,3 +114,10 @@ def unb64(text: str, *, size: int | None = None, what: str = "value") -> bytes:
     if size is not None and len(raw) != size:
         raise InputError(f"{what} must be {size} bytes", code="bad_encoding")
     return raw
+
+
+def auth_message(chain: str, challenge: str, did: str) -> bytes:
+    """What a member signs (after ``DOMAIN_AUTH``) to log in: bound to chain, challenge and key."""
+    from blokauto.crypto import canonical
+
+    return canonical.encode({"chain": chain, "challenge": challenge, "did": did})

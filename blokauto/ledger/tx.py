@@ -106,7 +106,7 @@ def parse_tx(raw: bytes, chain: str) -> SignedTx:
     """
     if len(raw) > MAX_TX_BYTES:
         raise InputError(f"transaction larger than {MAX_TX_BYTES} bytes", code="too_large", http_status=413)
-    envelope = canonical.decode(raw)
+    envelope = canonical.decode(raw, walk=False)
     if type(envelope) is not dict or set(envelope) != {"body", "signatures"}:
         raise InputError("envelope must be an object with exactly 'body' and 'signatures'", code="bad_schema")
     body = envelope["body"]
@@ -119,6 +119,8 @@ def parse_tx(raw: bytes, chain: str) -> SignedTx:
     tx_chain, tx_type, signer, nonce, payload = (
         body["chain"], body["type"], body["signer"], body["nonce"], body["payload"]
     )
+    if not raw.isascii():
+        canonical.check_value(envelope)
     if type(tx_chain) is not str or tx_chain != chain:
         raise InputError(f"wrong chain id {tx_chain!r}; this ledger is {chain!r}", code="wrong_chain")
     if type(tx_type) is not str or not TYPE_PATTERN.match(tx_type):
@@ -127,6 +129,7 @@ def parse_tx(raw: bytes, chain: str) -> SignedTx:
         raise InputError("nonce must be a positive integer", code="bad_schema")
     if type(payload) is not dict:
         raise InputError("payload must be an object", code="bad_schema")
+    canonical.check_value(payload)  # the only free-form part: integer range, ASCII keys
     if type(signer) is not str:
         raise InputError("signer must be a did:key", code="bad_did")
     public_key_from_did(signer)

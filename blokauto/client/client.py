@@ -1,0 +1,165 @@
+"""Python SDK: sign and submit transactions, read receipts and proofs, verify them offline.
+
+Every HTTP problem answer is raised as a :class:`BlokError` carrying the node's stable code,
+so SDK users handle the same error family as the node itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from blokauto.crypto.keys import DOMAIN_AUTH, Signer, auth_message, b64
+from blokauto.errors import BlokError, NetworkError
+from blokauto.ledger import proofs
+from blokauto.ledger.tx import sign_tx
+
+
+class Client:
+    def __init__(self, url: str, key: Signer | None = None, *, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self._chain: str | None = None
+        self._nonce: int | None = None
+        self._lock = threading.Lock()
+        self._token: str | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {}) or {}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            response = self._http.request(method, path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise NetworkError(f"{method} {self.url}{path}: {exc}", code="unreachable") from None
+        if response.status_code >= 400:
+            raise_problem(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    @property
+    def chain(self) -> str:
+        if self._chain is None:
+            self._chain = str(self.status()["chain"])
+        return self._chain
+
+    def _require_key(self) -> Signer:
+        if self.key is None:
+            raise BlokError("this call needs a signing key: Client(url, key=...)", code="no_key", http_status=400)
+        return self.key
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def next_nonce(self) -> int:
+        key = self._require_key()
+        with self._lock:
+            if self._nonce is None:
+                self._nonce = int(self._json("GET", f"/v1/accounts/{key.did}/nonce")["next"]) - 1
+            self._nonce += 1
+            return self._nonce
+
+    def build(self, tx_type: str, payload: dict[str, Any], *, cosigners: Sequence[Signer] = (),
+              nonce: int | None = None) -> bytes:
+        """Sign a transaction with this client's key (and cosigners' keys) without sending it."""
+        key = self._require_key()
+        return sign_tx(self.chain, tx_type, key, nonce if nonce is not None else self.next_nonce(), payload,
+                       cosigners)
+
+    def submit(self, tx_type: str, payload: dict[str, Any], *, cosigners: Sequence[Signer] = (),
+               wait: bool = True) -> dict[str, Any]:
+        """Sign, submit and (by default) wait for the receipt of the committed block."""
+        try:
+            return self.submit_raw(self.build(tx_type, payload, cosigners=cosigners), wait=wait)
+        except BlokError as exc:
+            if exc.code == "stale_nonce":
+                with self._lock:
+                    self._nonce = None  # resynchronise with the node on the next call
+            raise
+
+    def submit_raw(self, raw: bytes, *, wait: bool = True) -> dict[str, Any]:
+        response = self._request("POST", "/v1/tx", params={"wait": str(wait).lower()}, content=raw,
+                                 headers={"Content-Type": "application/json"})
+        result: dict[str, Any] = response.json()
+        return result
+
+    def tx(self, tx_hash: str) -> dict[str, Any]:
+        """Receipt, transaction and inclusion proof."""
+        result: dict[str, Any] = self._json("GET", f"/v1/tx/{tx_hash}")
+        return result
+
+    # -- proofs ---------------------------------------------------------------------------------
+
+    def checkpoint(self) -> str:
+        return self._request("GET", "/v1/checkpoint").text
+
+    def checkpoint_keys(self) -> tuple[list[str], int]:
+        response = self._request("GET", "/v1/checkpoint/keys")
+        keys = [line for line in response.text.splitlines() if line.strip()]
+        return keys, int(response.headers.get("X-Checkpoint-Quorum", "1"))
+
+    def consistency(self, size1: int, size2: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/v1/proof/consistency", params={"from": size1, "to": size2})
+        return result
+
+    def block(self, height: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/blocks/{height}")
+        return result
+
+    def state(self, key: str, *, proof: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/state/{key}", params={"proof": "1" if proof else "0"})
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/v1/status")
+        return result
+
+    def verify_tx(self, tx_hash: str, keys: Sequence[str] | None = None, quorum: int | None = None) -> dict[str, Any]:
+        """Fetch a record and check its proof locally; returns the proven leaf.
+
+        Pass the consortium's checkpoint ``keys`` you trust; without them the node's own list is
+        used (trust on first use), which proves consistency, not independence.
+        """
+        if keys is None:
+            keys, node_quorum = self.checkpoint_keys()
+            quorum = quorum or node_quorum
+        record = self.tx(tx_hash)
+        return proofs.verify_record_proof(record["proof"], keys, quorum or 1, origin=self.chain)
+
+    # -- authentication -------------------------------------------------------------------------
+
+    def login(self) -> str:
+        """Sign a challenge with this client's key; later reads carry the bearer token."""
+        key = self._require_key()
+        challenge = self._json("POST", "/v1/auth/challenge")["challenge"]
+        signature = key.sign(DOMAIN_AUTH, auth_message(self.chain, challenge, key.did))
+        issued = self._json("POST", "/v1/auth/token",
+                            json={"did": key.did, "challenge": challenge, "signature": b64(signature)})
+        self._token = str(issued["token"])
+        return self._token
+
+
+def raise_problem(response: httpx.Response) -> None:
+    try:
+        body = response.json()
+        code, detail = str(body.get("code", "http_error")), str(body.get("detail", response.text))
+    except ValueError:
+        code, detail = "http_error", response.text[:300]
+    raise BlokError(detail, code=code, http_status=response.status_code)
