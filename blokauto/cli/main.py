@@ -1,0 +1,326 @@
+"""The ``blokauto`` command line. One error boundary: a BlokError prints its code and message
+to stderr and exits 1; usage errors exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from blokauto.crypto import canonical
+from blokauto.crypto.keys import Signer
+from blokauto.crypto.keystore import keystore_info, read_keystore, write_keystore
+from blokauto.errors import BlokError, InputError
+
+app = typer.Typer(help="Blok Auto: the shared, verifiable ledger of every vehicle's life.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Create and inspect encrypted Ed25519 keystores.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_NODE = "http://127.0.0.1:8080"
+NodeOpt = Annotated[str, typer.Option("--node", envvar="BLOKAUTO_NODE", help="URL of a node's API.")]
+DataOpt = Annotated[Path, typer.Option("--data", help="The node's data directory.")]
+PasswordEnv = Annotated[str, typer.Option(help="Environment variable holding the keystore password.")]
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def password_from(env_name: str, *, confirm: bool = False) -> str:
+    password = os.environ.get(env_name)
+    if password:
+        return password
+    if sys.stdin.isatty():
+        return str(typer.prompt("Keystore password", hide_input=True, confirmation_prompt=confirm))
+    raise InputError(f"no password: set {env_name} or run in a terminal", code="no_password")
+
+
+def load_signer(path: Path, password_env: str) -> Signer:
+    return Signer(read_keystore(path, password_from(password_env)))
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@keys_app.command("new")
+def keys_new(
+    out_file: Annotated[Path, typer.Option("--out", help="Keystore file to create (never overwritten).")],
+    password_env: PasswordEnv = "BLOKAUTO_PASSWORD",
+    strength: Annotated[str, typer.Option(help="interactive | moderate | sensitive (argon2id cost).")] = "moderate",
+) -> None:
+    """Create a new Ed25519 key in an encrypted keystore file and print its did:key."""
+    if strength not in ("interactive", "moderate", "sensitive"):
+        raise InputError("strength is interactive, moderate or sensitive", code="bad_strength")
+    signer = Signer.generate()
+    write_keystore(out_file, signer.signing_key, password_from(password_env, confirm=True),
+                   strength=strength)  # type: ignore[arg-type]
+    out.print(f"[green]created[/] {out_file}")
+    sys.stdout.write(signer.did + "\n")
+
+
+@keys_app.command("show")
+def keys_show(path: Path) -> None:
+    """Print a keystore's public information (no password needed)."""
+    print_json(keystore_info(path))
+
+
+# -- node ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    data: DataOpt,
+    demo: Annotated[bool, typer.Option("--demo", help="Create the nine-organisation demo consortium.")] = False,
+    genesis: Annotated[Path | None, typer.Option(help="Genesis document (JSON) of a real consortium.")] = None,
+    org: Annotated[str | None, typer.Option(help="With --genesis: the organisation running this node.")] = None,
+    node_key: Annotated[Path | None, typer.Option(help="With --genesis: keystore of this node's key.")] = None,
+    password_env: PasswordEnv = "BLOKAUTO_PASSWORD",
+) -> None:
+    """Create a ledger in DATA: block 0 from a genesis document (or the demo consortium)."""
+    from blokauto import demo as demo_mod
+    from blokauto.node import init_ledger
+
+    if demo == (genesis is not None):
+        raise InputError("give exactly one of --demo or --genesis", code="usage")
+    if demo:
+        doc = demo_mod.demo_genesis()
+        init_ledger(data, doc, demo_mod.OPERATOR_ORG, demo_mod.demo_node_key(demo_mod.OPERATOR_ORG).signing_key)
+        demo_mod.write_demo_keystores(data / "keys")
+        out.print(f"[green]demo ledger created[/] in {data}: {len(doc['orgs'])} organisations, "
+                  f"keystores in {data / 'keys'} (password '{demo_mod.DEMO_PASSWORD}')")
+        return
+    assert genesis is not None
+    if org is None or node_key is None:
+        raise InputError("--genesis needs --org and --node-key", code="usage")
+    try:
+        doc = canonical.decode(canonical.encode(json.loads(genesis.read_text())))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read genesis {genesis}: {exc}", code="bad_genesis") from None
+    init_ledger(data, doc, org, read_keystore(node_key, password_from(password_env)))
+    out.print(f"[green]ledger created[/] in {data} for {org}")
+
+
+@app.command()
+def serve(
+    data: DataOpt,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    synchronous: Annotated[str, typer.Option(help="SQLite synchronous: NORMAL (survives kill -9) or FULL "
+                                                  "(also power loss).")] = "NORMAL",
+) -> None:
+    """Run a node: the HTTP API (docs at /docs), pages and the committer."""
+    import uvicorn
+
+    from blokauto.api.app import create_app
+    from blokauto.logs import configure_logging
+    from blokauto.node import Node, NodeConfig
+
+    configure_logging()
+    with Node(data, NodeConfig(synchronous=synchronous.upper())) as node:
+        err.print(f"[green]serving[/] {node.chain} (height {node.ledger.head.height}) on http://{host}:{port} "
+                  f"— docs at http://{host}:{port}/docs")
+        uvicorn.run(create_app(node), host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def verify(
+    data: DataOpt,
+    genesis: Annotated[Path | None, typer.Option(help="Trusted genesis file to compare with.")] = None,
+) -> None:
+    """Audit the whole ledger from genesis: hashes, signatures, links, log root, state root."""
+    from rich.progress import Progress
+
+    from blokauto.contracts import governance
+    from blokauto.contracts.registry import load_all
+    from blokauto.ledger.audit import audit
+    from blokauto.ledger.store import Store
+    from blokauto.node import genesis_known_keys
+
+    store = Store(data)
+    try:
+        stored = store.get_meta("genesis")
+        trusted = json.loads(genesis.read_text()) if genesis else None
+        doc = trusted or (canonical.decode(stored) if stored else {})
+        keys = genesis_known_keys(doc)
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("replaying blocks", total=None)
+
+            def tick(height: int, head: int) -> None:
+                progress.update(task, completed=height + 1, total=head + 1)
+
+            report = audit(store, load_all(), governance.apply_genesis, keys, progress=tick, genesis=trusted)
+    finally:
+        store.close()
+    if report.ok:
+        out.print(f"[green]OK[/]: {report.blocks} blocks, {report.transactions} transactions re-executed; "
+                  "every hash, signature, link, log root and state root matches")
+        return
+    err.print(f"[red]INCONSISTENT[/] from height {report.first_bad_height}")
+    for problem in report.problems:
+        err.print(f"  - {problem}")
+    raise typer.Exit(3)
+
+
+# -- client -------------------------------------------------------------------------------------
+
+
+def _read_payload(payload: str) -> Any:
+    text = Path(payload[1:]).read_text() if payload.startswith("@") else payload
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"payload is not JSON: {exc}", code="malformed_json") from None
+
+
+@app.command()
+def submit(
+    tx_type: Annotated[str, typer.Option("--type", help="Transaction type, e.g. notary.anchor.")],
+    payload: Annotated[str, typer.Option(help="Payload JSON, or @file.json.")],
+    key: Annotated[Path, typer.Option(help="Signer's keystore.")],
+    cosign: Annotated[list[Path] | None, typer.Option(help="Cosigner keystore (repeatable).")] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    wait: Annotated[bool, typer.Option(help="Wait for the committed receipt.")] = True,
+    password_env: PasswordEnv = "BLOKAUTO_PASSWORD",
+) -> None:
+    """Sign a transaction and submit it; prints the receipt."""
+    from blokauto.client import Client
+
+    signer = load_signer(key, password_env)
+    cosigners = [load_signer(p, password_env) for p in cosign or []]
+    with Client(node, signer) as client:
+        receipt = client.submit(tx_type, _read_payload(payload), cosigners=cosigners, wait=wait)
+    print_json(receipt)
+    if receipt.get("status") == "rejected":
+        err.print(f"[yellow]rejected[/] [{receipt.get('code')}]: {receipt.get('message')} (kept in the log)")
+        raise typer.Exit(4)
+
+
+@app.command()
+def tx(
+    tx_hash: str,
+    node: NodeOpt = DEFAULT_NODE,
+    key: Annotated[Path | None, typer.Option(help="Member keystore, for records that need a token.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the proof object here.")] = None,
+    password_env: PasswordEnv = "BLOKAUTO_PASSWORD",
+) -> None:
+    """Fetch a transaction's receipt and inclusion proof."""
+    from blokauto.client import Client
+
+    with Client(node, load_signer(key, password_env) if key else None) as client:
+        if key:
+            client.login()
+        record = client.tx(tx_hash)
+    if out_file:
+        out_file.write_text(json.dumps(record["proof"], indent=2) + "\n")
+        err.print(f"proof written to {out_file}")
+    print_json(record)
+
+
+@app.command("check-proof")
+def check_proof(
+    proof_file: Path,
+    keys: Annotated[Path, typer.Option(help="Trusted checkpoint keys, one per line (GET /v1/checkpoint/keys).")],
+    quorum: Annotated[int, typer.Option(help="Organisation signatures required.")] = 1,
+    origin: Annotated[str | None, typer.Option(help="Expected chain id.")] = None,
+) -> None:
+    """Verify a record or state proof offline: no node needed."""
+    from blokauto.ledger import proofs
+
+    obj = json.loads(proof_file.read_text())
+    trusted = [line.strip() for line in keys.read_text().splitlines() if line.strip()]
+    if "proof" in obj and "key" in obj:
+        key, value = proofs.verify_state_proof_object(obj, trusted, quorum, origin)
+        out.print(f"[green]VALID[/] state proof: {key} = {json.dumps(value) if value is not None else 'absent'}")
+        return
+    proof = obj.get("proof", obj) if isinstance(obj, dict) else obj
+    leaf = proofs.verify_record_proof(proof, trusted, quorum, origin)
+    body = leaf["tx"]["body"]
+    out.print(f"[green]VALID[/]: {body['type']} by {body['signer']} at height {leaf['height']}, "
+              f"result {leaf['result']['status']}, leaf {proof['leaf_index']} of {proof['tree_size']}")
+
+
+@app.command()
+def state(
+    key_name: Annotated[str, typer.Argument(metavar="KEY")],
+    node: NodeOpt = DEFAULT_NODE,
+    proof: Annotated[bool, typer.Option("--proof", help="Include the state proof.")] = False,
+    key: Annotated[Path | None, typer.Option(help="Member keystore, for member-only keys.")] = None,
+    password_env: PasswordEnv = "BLOKAUTO_PASSWORD",
+) -> None:
+    """Read a state key (and its proof)."""
+    from blokauto.client import Client
+
+    with Client(node, load_signer(key, password_env) if key else None) as client:
+        if key:
+            client.login()
+        print_json(client.state(key_name, proof=proof))
+
+
+@app.command()
+def checkpoint(node: NodeOpt = DEFAULT_NODE) -> None:
+    """Print the node's latest signed checkpoint."""
+    from blokauto.client import Client
+
+    with Client(node) as client:
+        sys.stdout.write(client.checkpoint())
+
+
+@app.command()
+def status(node: NodeOpt = DEFAULT_NODE) -> None:
+    """Print a node's height, roots and queue depth."""
+    from blokauto.client import Client
+
+    with Client(node) as client:
+        print_json(client.status())
+
+
+@app.command()
+def bench(
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    transactions: Annotated[int, typer.Option("--n", help="Transactions to commit.")] = 50_000,
+    quick: Annotated[bool, typer.Option(help="A short run (for smoke tests).")] = False,
+) -> None:
+    """Measure committed tx/s through the real path beside same-run baselines."""
+    from blokauto.bench import run_bench
+
+    results = run_bench(2_000 if quick else transactions, log=None if json_out else err.print)
+    if json_out:
+        print_json(results)
+        return
+    for line in results["lines"]:
+        sys.stdout.write(line + "\n")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except BlokError as exc:
+        err.print(f"[red]error[/] [{exc.code}]: {exc.message}")
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except OSError as exc:
+        err.print(f"[red]error[/] [os_error]: {exc}")
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
