@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import Signer
@@ -21,8 +22,8 @@ app = typer.Typer(help="Blok Auto: the shared, verifiable ledger of every vehicl
                   no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Create and inspect encrypted Ed25519 keystores.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True, emoji=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
 
 DEFAULT_NODE = "http://127.0.0.1:8080"
 NodeOpt = Annotated[str, typer.Option("--node", envvar="BLOKAUTO_NODE", help="URL of a node's API.")]
@@ -199,7 +200,8 @@ def submit(
         receipt = client.submit(tx_type, _read_payload(payload), cosigners=cosigners, wait=wait)
     print_json(receipt)
     if receipt.get("status") == "rejected":
-        err.print(f"[yellow]rejected[/] [{receipt.get('code')}]: {receipt.get('message')} (kept in the log)")
+        reason = escape(f"[{receipt.get('code')}]: {receipt.get('message')}")
+        err.print(f"[yellow]rejected[/] {reason} (kept in the log)")
         raise typer.Exit(4)
 
 
@@ -301,9 +303,10 @@ def bench(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except BlokError as exc:
-        err.print(f"[red]error[/] [{exc.code}]: {exc.message}")
+        err.print(f"[red]error[/] {escape(f'[{exc.code}]: {exc.message}')}")
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -311,7 +314,7 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except OSError as exc:
-        err.print(f"[red]error[/] [os_error]: {exc}")
+        err.print(f"[red]error[/] {escape(f'[os_error]: {exc}')}")
         sys.exit(1)
     except Exception as exc:  # click usage errors
         import click

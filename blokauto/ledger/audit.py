@@ -77,6 +77,9 @@ def audit(
                 _check_block(store, replay, height, known_keys, quorum, report)
             except _Stop:
                 return report
+            except Exception as exc:  # unreadable rows (wrong types, truncated blobs) are corruption too
+                report.fail(height, f"stored data unreadable: {type(exc).__name__}: {exc}")
+                return report
             report.blocks += 1
             if progress:
                 progress(height, head)
