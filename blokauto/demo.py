@@ -73,3 +73,32 @@ def write_demo_keystores(directory: Path) -> list[Path]:
                 write_keystore(path, signer.signing_key, DEMO_PASSWORD, strength="interactive")
             paths.append(path)
     return paths
+
+
+def seed_demo(data_dir: Path) -> int:
+    """A little life in the demo ledger: every organisation admits a member key and anchors a document.
+
+    Returns the number of transactions committed.
+    """
+    import hashlib
+
+    from blokauto.ledger.tx import sign_tx
+    from blokauto.node import Node
+
+    with Node(data_dir) as node:
+        futures = []
+        for spec in DEMO_ORGS:
+            admin, member = demo_admin(spec["id"]), demo_member(spec["id"])
+            futures.append(node.submit(sign_tx(node.chain, "org.add_member", admin, 1, {
+                "did": member.did, "roles": spec["roles"], "label": "operations"})))
+        for f in futures:
+            f.result(timeout=60)
+        futures = []
+        for n, spec in enumerate(DEMO_ORGS):
+            member = demo_member(spec["id"])
+            document = f"{spec['name']} — sample document {n}".encode()
+            futures.append(node.submit(sign_tx(node.chain, "notary.anchor", member, 1, {
+                "digest": hashlib.sha256(document).hexdigest(), "kind": "sample", "label": f"sample {n}"})))
+        for f in futures:
+            f.result(timeout=60)
+        return 2 * len(DEMO_ORGS)

@@ -313,7 +313,7 @@ def test_verify_rejects_malformed_arguments() -> None:
         (EMPTY, _h("k"), None, StateProof((), (b"k", b"v"))),
     ]:
         with pytest.raises(VerificationError):
-            verify_state_proof(*args)  # type: ignore[arg-type]
+            verify_state_proof(*args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,7 +477,8 @@ def test_next_id_and_rollback() -> None:
 
 
 def test_bad_inputs_rejected() -> None:
-    tree = SparseMerkleTree({}.__getitem__)
+    empty: dict[int, bytes] = {}
+    tree = SparseMerkleTree(empty.__getitem__)
     with pytest.raises(InputError):
         tree.update(None, {b"short": _h("v")})
     with pytest.raises(InputError):
@@ -487,4 +488,4 @@ def test_bad_inputs_rejected() -> None:
     with pytest.raises(InputError):
         tree.prove(None, "k" * 32)  # type: ignore[arg-type]
     with pytest.raises(InputError):
-        SparseMerkleTree({}.__getitem__, next_id=0)
+        SparseMerkleTree(empty.__getitem__, next_id=0)

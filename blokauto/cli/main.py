@@ -95,8 +95,9 @@ def init(
         doc = demo_mod.demo_genesis()
         init_ledger(data, doc, demo_mod.OPERATOR_ORG, demo_mod.demo_node_key(demo_mod.OPERATOR_ORG).signing_key)
         demo_mod.write_demo_keystores(data / "keys")
+        seeded = demo_mod.seed_demo(data)
         out.print(f"[green]demo ledger created[/] in {data}: {len(doc['orgs'])} organisations, "
-                  f"keystores in {data / 'keys'} (password '{demo_mod.DEMO_PASSWORD}')")
+                  f"{seeded} sample transactions, keystores in {data / 'keys'} (password '{demo_mod.DEMO_PASSWORD}')")
         return
     assert genesis is not None
     if org is None or node_key is None:
