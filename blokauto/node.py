@@ -37,6 +37,7 @@ from blokauto.ordering.solo import SoloOrderer
 log = logging.getLogger("blokauto.node")
 
 NODE_KEY_FILE = "node.key"
+_MISS: Any = object()
 NODE_CONFIG_FILE = "node.json"
 
 
@@ -158,7 +159,10 @@ class Node:
         return tx
 
     def _read_state(self, key: str) -> Any | None:
-        encoded = self.store.get_state(key)
+        """Latest committed value: the committer's cache when it holds the key, else SQLite."""
+        encoded = self.ledger.committed_cache.get(key, _MISS)
+        if encoded is _MISS:
+            encoded = self.store.get_state(key)
         return None if encoded is None else canonical.decode_trusted(encoded)
 
     def _check_auth(self, tx: SignedTx) -> None:

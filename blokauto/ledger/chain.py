@@ -217,6 +217,12 @@ class Ledger:
 
     # -- state -------------------------------------------------------------------------------
 
+    @property
+    def committed_cache(self) -> Mapping[str, bytes | None]:
+        """Encoded committed values the committer has seen; other threads may read it (dict reads
+        are atomic), never write it. A value here is never older than what SQLite returns."""
+        return self._cache
+
     def get_committed(self, key: str) -> Any | None:
         try:
             encoded = self._cache[key]
