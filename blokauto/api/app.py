@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,6 +35,8 @@ log = logging.getLogger("blokauto.api")
 PROBLEM = "application/problem+json"
 PUBLIC_STATE_PREFIXES = ("id/", "gov/", "policy/", "nonce/")
 COMMIT_WAIT_S = 30.0
+HEX64 = re.compile(r"[0-9a-f]{64}")
+MAX_HEIGHT = 2**62
 
 
 def problem(status: int, code: str, detail: str, title: str | None = None) -> JSONResponse:
@@ -128,12 +131,9 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/v1/tx/{tx_hash}", tags=["transactions"])
     def get_tx(tx_hash: str, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """A transaction's receipt with its inclusion proof against the latest checkpoint."""
-        try:
-            digest = bytes.fromhex(tx_hash)
-        except ValueError:
-            digest = b""
-        if len(digest) != 32:
-            raise InputError("a transaction hash is 64 hex digits", code="bad_hash")
+        if not HEX64.fullmatch(tx_hash):
+            raise InputError("a transaction hash is 64 lowercase hex digits", code="bad_hash")
+        digest = bytes.fromhex(tx_hash)
         found = store.find_leaf(digest)
         if found is None:
             if node.is_pending(digest):
@@ -169,13 +169,13 @@ def create_app(node: Node) -> FastAPI:
                                  headers={"X-Checkpoint-Quorum": str(node.checkpoint_quorum())})
 
     @app.get("/v1/proof/consistency", tags=["proofs"])
-    def get_consistency(size1: Annotated[int, Query(alias="from", ge=0)],
-                        size2: Annotated[int, Query(alias="to", ge=0)]) -> dict[str, Any]:
+    def get_consistency(size1: Annotated[int, Query(alias="from", ge=0, le=MAX_HEIGHT)],
+                        size2: Annotated[int, Query(alias="to", ge=0, le=MAX_HEIGHT)]) -> dict[str, Any]:
         """RFC 9162 consistency proof between two tree sizes."""
         return proofs.build_consistency_proof(store, size1, size2)
 
     @app.get("/v1/blocks/{height}", tags=["proofs"])
-    def get_block(height: int) -> dict[str, Any]:
+    def get_block(height: Annotated[int, Path(ge=0, le=MAX_HEIGHT)]) -> dict[str, Any]:
         """A block's header, hash, checkpoint and transaction hashes."""
         block = store.get_block(height)
         if block is None:

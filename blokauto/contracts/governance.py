@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 
 from blokauto.contracts.registry import Payload, contract
-from blokauto.crypto.keys import public_key_from_did
+from blokauto.crypto.keys import public_key_from_did, unb64
 from blokauto.errors import InputError
 from blokauto.ledger.state import ADMIN, Context, key_record, require
 
@@ -128,9 +128,10 @@ def get_governance_quorum(ctx: Context) -> int:
 def get_voting_orgs(ctx: Context) -> set[str]:
     """Organisations that voted through this transaction: admins among signer and cosigners."""
     orgs = set()
+    active = set(get_active_orgs(ctx))
     for did in ctx.all_signers():
         member = ctx.member_of(did)
-        if member and member.get("admin"):
+        if member and member.get("admin") and member["org"] in active:
             orgs.add(member["org"])
     return orgs
 
@@ -155,11 +156,21 @@ def check_did(did: str) -> None:
         require(False, "bad_did", exc.message)
 
 
+def check_node_key(node: NodeKey | None) -> None:
+    if node is None:
+        return
+    try:
+        unb64(node.public_key, size=32, what="node public key")
+    except InputError as exc:
+        require(False, "bad_node_key", exc.message)
+
+
 def check_action(ctx: Context, action: Action) -> None:
     if isinstance(action, AdmitOrg):
         spec = action.org
         require(ctx.get(f"id/org/{spec.id}") is None, "org_exists", f"organisation {spec.id} already exists")
         check_roles(spec.roles)
+        check_node_key(spec.node)
         require(len(set(spec.admins)) == len(spec.admins), "bad_admins", "admins repeat")
         for did in spec.admins:
             check_did(did)
@@ -269,6 +280,8 @@ def add_member(ctx: Context, p: AddMember) -> None:
     check_member_roles(ctx, p.roles)
     ctx.put(key_record(p.did), {"org": ctx.org, "roles": sorted(p.roles), "admin": p.admin,
                                 "status": "active", "since": ctx.height, "label": p.label})
+    if p.admin:
+        update_admin_list(ctx, str(ctx.org), remove=p.did, add=p.did)
     ctx.emit("key.added", did=p.did, org=ctx.org)
 
 
@@ -280,6 +293,7 @@ def set_roles(ctx: Context, p: SetRoles) -> None:
     check_member_roles(ctx, p.roles)
     check_keeps_an_admin(ctx, p.did, p.admin)
     ctx.put(key_record(p.did), {**record, "roles": sorted(p.roles), "admin": p.admin})
+    update_admin_list(ctx, str(ctx.org), remove=p.did, add=p.did if p.admin else None)
     ctx.emit("key.roles", did=p.did, roles=sorted(p.roles), admin=p.admin)
 
 
@@ -329,6 +343,7 @@ def rotate_key(ctx: Context, p: RotateKey) -> None:
 @contract("org.set_node_key", payload=SetNodeKey, roles={ADMIN}, public=True)
 def set_node_key(ctx: Context, p: SetNodeKey) -> None:
     """Name the key this organisation's node signs checkpoints with."""
+    check_node_key(p.node)
     ctx.put(f"id/node/{ctx.org}", {"name": p.node.name, "public_key": p.node.public_key})
     ctx.emit("node.key", org=ctx.org, name=p.node.name)
 

@@ -87,11 +87,19 @@ def decode(data: bytes, *, walk: bool = True) -> Any:
         value = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise InputError(f"malformed JSON: {exc}", code="malformed_json") from None
+    except UnicodeDecodeError:
+        raise InputError("malformed JSON: not valid UTF-8", code="malformed_json") from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply", code="bad_encoding") from None
     # Fast path: floats are refused by the decoder's hook; only long digit runs (possible
     # unsafe integers), non-ASCII text (keys, surrogates) or escapes need the full walk.
     if walk and (not data.isascii() or b"\\u" in data or _LONG_NUMBER.search(data)):
         check_value(value)
-    if _encoder.encode(value) != data:
+    try:
+        again = _encoder.encode(value)
+    except (UnicodeEncodeError, RecursionError):
+        raise InputError("JSON cannot be re-encoded canonically", code="bad_encoding") from None
+    if again != data:
         raise InputError(
             "JSON is not in canonical form (RFC 8785: sorted keys, no whitespace, minimal escapes)",
             code="non_canonical",

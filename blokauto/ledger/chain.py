@@ -41,6 +41,10 @@ def state_value_hash(encoded: bytes) -> bytes:
     return hashlib.sha256(encoded).digest()
 
 
+HEADER_FIELDS = frozenset({"chain", "height", "prev", "time_ms", "log_size", "log_root", "state_root", "tx_count"})
+HEADER_INTS = ("height", "time_ms", "log_size", "tx_count")
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     """A block header: commits to the previous header, the log, the state and the time."""
@@ -70,11 +74,13 @@ class Header:
     @classmethod
     def from_json(cls, obj: Any) -> Header:
         try:
+            if set(obj) != HEADER_FIELDS or not all(type(obj[k]) is int for k in HEADER_INTS):
+                raise ValueError("fields or types differ from a block header")
             return cls(
-                chain=str(obj["chain"]), height=int(obj["height"]), prev=unb64(obj["prev"], size=32),
-                time_ms=int(obj["time_ms"]), log_size=int(obj["log_size"]),
+                chain=str(obj["chain"]), height=obj["height"], prev=unb64(obj["prev"], size=32),
+                time_ms=obj["time_ms"], log_size=obj["log_size"],
                 log_root=unb64(obj["log_root"], size=32), state_root=unb64(obj["state_root"], size=32),
-                tx_count=int(obj["tx_count"]),
+                tx_count=obj["tx_count"],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"malformed block header: {exc}", code="bad_header") from None

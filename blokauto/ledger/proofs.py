@@ -9,6 +9,7 @@ functions here do no I/O: they need only the proof and the consortium's checkpoi
 from __future__ import annotations
 
 import base64
+import hashlib
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
@@ -147,14 +148,15 @@ def verify_state_proof_object(obj: Any, known: KnownKeys | Iterable[str], quorum
     height, block_hash = block
     try:
         header_bytes = canonical.encode(obj.get("header"))
-        header = Header.from_json(obj["header"])
+        header = Header.decode(header_bytes)
     except (InputError, KeyError) as exc:
         raise VerificationError(f"bad header: {exc}", code="bad_proof") from None
-    if header.hash() != block_hash or header.height != height:
+    # the header exactly as given must be the one the checkpoint names: no coercion, no extra fields
+    if hashlib.sha256(header_bytes).digest() != block_hash or header.encode() != header_bytes \
+            or header.height != height or obj.get("height") != height:
         raise VerificationError("header does not match the checkpoint's block", code="bad_proof")
     if header.log_size != checkpoint.size or header.log_root != checkpoint.root:
         raise VerificationError("header log does not match the checkpoint", code="bad_proof")
-    del header_bytes
     value = obj.get("value")
     value_hash = None if value is None else state_value_hash(canonical.encode(value))
     verify_state_proof(header.state_root, state_key_hash(obj["key"]), value_hash,

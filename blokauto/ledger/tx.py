@@ -125,8 +125,8 @@ def parse_tx(raw: bytes, chain: str) -> SignedTx:
         raise InputError(f"wrong chain id {tx_chain!r}; this ledger is {chain!r}", code="wrong_chain")
     if type(tx_type) is not str or not TYPE_PATTERN.match(tx_type):
         raise InputError("type must look like 'domain.action'", code="bad_schema")
-    if type(nonce) is not int or nonce < 1:
-        raise InputError("nonce must be a positive integer", code="bad_schema")
+    if type(nonce) is not int or not 1 <= nonce <= canonical.MAX_SAFE_INTEGER:
+        raise InputError("nonce must be an integer from 1 to 2**53-1", code="bad_schema")
     if type(payload) is not dict:
         raise InputError("payload must be an object", code="bad_schema")
     canonical.check_value(payload)  # the only free-form part: integer range, ASCII keys
@@ -152,7 +152,10 @@ def parse_tx(raw: bytes, chain: str) -> SignedTx:
     for sig in sigs:
         if type(sig) is not str or len(sig) != 88:
             raise InputError("a signature is 64 bytes in base64", code="bad_signature", http_status=401)
-        signatures.append(unb64(sig, size=64, what="signature"))
+        try:
+            signatures.append(unb64(sig, size=64, what="signature"))
+        except InputError as exc:
+            raise InputError(exc.message, code="bad_signature", http_status=401) from None
     body_bytes = canonical.encode_trusted(body)
     return SignedTx(
         raw=raw,
