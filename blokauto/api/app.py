@@ -277,7 +277,8 @@ def render_home(node: Node) -> str:
                           f"<td><code>{b64(block[0])[:16]}…</code></td></tr>")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Blok Auto node</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:960px;margin:2rem auto;padding:0 1rem;color:#1b2330}}
-table{{border-collapse:collapse;width:100%;margin:1rem 0}}td,th{{border-bottom:1px solid #dde;padding:.35rem;text-align:left}}
+table{{border-collapse:collapse;width:100%;margin:1rem 0}}
+td,th{{border-bottom:1px solid #dde;padding:.35rem;text-align:left}}
 pre{{background:#f4f6f8;padding:1rem;overflow:auto}}</style></head><body>
 <h1>Blok Auto — {escape(node.chain)}</h1>
 <p>Node of <b>{escape(node.org_id)}</b>. Height <b id="height">{height}</b>, {header.log_size} records in the log.

@@ -126,6 +126,9 @@ def serve(
     from blokauto.node import Node, NodeConfig
 
     configure_logging()
+    from blokauto.bench import tune_gc
+
+    tune_gc()
     with Node(data, NodeConfig(synchronous=synchronous.upper())) as node:
         err.print(f"[green]serving[/] {node.chain} (height {node.ledger.head.height}) on http://{host}:{port} "
                   f"— docs at http://{host}:{port}/docs")

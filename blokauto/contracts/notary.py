@@ -25,7 +25,8 @@ def anchor(ctx: Context, p: Anchor) -> None:
     """Record that a document with this SHA-256 digest existed at this height."""
     key = f"notary/{p.digest}"
     existing = ctx.get(key)
-    require(existing is None, "already_anchored", f"digest already anchored at height {existing and existing['height']}")
+    require(existing is None, "already_anchored",
+            f"digest already anchored at height {existing and existing['height']}")
     ctx.put(key, {"kind": p.kind, "label": p.label, "by": ctx.signer, "org": ctx.org, "height": ctx.height,
                   "time_ms": ctx.time_ms})
     ctx.emit("anchored", digest=p.digest, kind=p.kind)

@@ -141,12 +141,13 @@ class _BlockState:
     def get(self, key: str) -> Any | None:
         entry = self.pending.get(key)
         if entry is not None:
-            value, encoded = entry
+            _, encoded = entry
             return None if encoded is None else _decode_value(encoded)
         return self.ledger.get_committed(key)
 
 
-def _result_json(status: str, events: list[dict[str, Any]] | None = None, code: str = "", message: str = "") -> dict[str, Any]:
+def _result_json(status: str, events: list[dict[str, Any]] | None = None, code: str = "",
+                 message: str = "") -> dict[str, Any]:
     if status == "ok":
         return {"status": "ok", "events": events or []}
     return {"status": "rejected", "code": code, "message": message[:300]}
@@ -187,7 +188,8 @@ class Ledger:
         apply_genesis(ctx, genesis)
         writes = {k: canonical.encode(v) for k, v in ctx.writes.items() if v is not None}
         smt = SparseMerkleTree(lambda i: store.get_smt_node(i, store.writer), next_id=1)
-        root_id, state_root, nodes = smt.update(None, {state_key_hash(k): state_value_hash(v) for k, v in writes.items()})
+        changes = {state_key_hash(k): state_value_hash(v) for k, v in writes.items()}
+        root_id, state_root, nodes = smt.update(None, changes)
         header = Header(chain=str(genesis["chain"]), height=0, prev=hashlib.sha256(genesis_bytes).digest(),
                         time_ms=int(genesis["time_ms"]), log_size=0, log_root=EMPTY_ROOT,
                         state_root=state_root, tx_count=0)

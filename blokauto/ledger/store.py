@@ -172,7 +172,8 @@ class Store:
         row = self.writer.execute("SELECT max(id) FROM smt_nodes").fetchone()
         return int(row[0] or 0)
 
-    def get_block(self, height: int, conn: sqlite3.Connection | None = None) -> tuple[bytes, bytes, int | None, str] | None:
+    def get_block(self, height: int,
+                  conn: sqlite3.Connection | None = None) -> tuple[bytes, bytes, int | None, str] | None:
         row = self._conn(conn).execute(
             "SELECT hash, header, state_root_id, checkpoint FROM blocks WHERE height = ?", (height,)
         ).fetchone()
@@ -194,7 +195,8 @@ class Store:
         ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
 
-    def iter_leaves(self, start: int, end: int, conn: sqlite3.Connection | None = None) -> Iterator[tuple[int, int, bytes]]:
+    def iter_leaves(self, start: int, end: int,
+                    conn: sqlite3.Connection | None = None) -> Iterator[tuple[int, int, bytes]]:
         rows = self._conn(conn).execute(
             "SELECT idx, height, leaf FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
         )
