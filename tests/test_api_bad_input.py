@@ -625,3 +625,25 @@ def test_fuzz_truncated_valid_transaction(env: Env, data: st.DataObject) -> None
     raw = good_raw(env)
     cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
     fuzz_post(env, raw[:cut])
+
+
+READ_PATHS = ["/v1/tx/{}", "/v1/state/{}", "/v1/state/id/{}?proof=1", "/v1/state/notary/{}?proof=1",
+              "/v1/blocks/{}", "/v1/accounts/{}/nonce", "/v1/proof/consistency?from={}&to=0",
+              "/v1/proof/consistency?from=0&to={}"]
+
+
+@FUZZ
+@given(template=st.sampled_from(READ_PATHS),
+       part=st.one_of(st.text(max_size=80), st.integers(min_value=-(2**80), max_value=2**80).map(str),
+                      st.binary(min_size=32, max_size=32).map(bytes.hex)),
+       token=st.one_of(st.none(), st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+                                          max_size=60)))
+def test_fuzz_reads_never_500(env: Env, template: str, part: str, token: str | None) -> None:
+    from urllib.parse import quote
+
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    r = env.tc.get(template.format(quote(part, safe="")), headers=headers)
+    assert r.status_code < 500, (template, part, r.status_code, r.text[:300])
+    if r.status_code >= 400:
+        assert r.headers["content-type"].split(";")[0] == PROBLEM
+        assert isinstance(r.json()["code"], str)

@@ -125,6 +125,8 @@ def serve(
     from blokauto.logs import configure_logging
     from blokauto.node import Node, NodeConfig
 
+    if synchronous.upper() not in ("NORMAL", "FULL"):
+        raise InputError("--synchronous is NORMAL or FULL", code="usage")
     configure_logging()
     from blokauto.bench import tune_gc
 
@@ -320,12 +322,11 @@ def main() -> None:
     except OSError as exc:
         err.print(f"[red]error[/] {escape(f'[os_error]: {exc}')}")
         sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors from typer's (vendored) click: show them, exit 2
+        show = getattr(exc, "show", None)
+        if callable(show) and hasattr(exc, "exit_code"):
+            show()
+            sys.exit(int(exc.exit_code))
         raise
 
 

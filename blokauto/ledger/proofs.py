@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from blokauto.crypto import canonical
@@ -27,6 +28,19 @@ from blokauto.ledger.store import Store
 # -- building (needs the store) ------------------------------------------------------------
 
 
+@contextmanager
+def read_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Read everything a proof needs from one committed block, even if another commits meanwhile."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
 def latest_checkpoint(store: Store, conn: sqlite3.Connection | None = None) -> tuple[int, Header, str]:
     height = store.head_height(conn)
     block = store.get_block(height, conn)
@@ -38,6 +52,11 @@ def latest_checkpoint(store: Store, conn: sqlite3.Connection | None = None) -> t
 def build_record_proof(store: Store, leaf_index: int, conn: sqlite3.Connection | None = None) -> dict[str, Any]:
     """Inclusion proof of one leaf against the latest checkpoint."""
     conn = conn or store.reader()
+    with read_snapshot(conn):
+        return _build_record_proof(store, leaf_index, conn)
+
+
+def _build_record_proof(store: Store, leaf_index: int, conn: sqlite3.Connection) -> dict[str, Any]:
     _, header, checkpoint = latest_checkpoint(store, conn)
     rows = list(store.iter_leaves(leaf_index, leaf_index + 1, conn))
     if not rows or leaf_index >= header.log_size:
@@ -65,6 +84,11 @@ def build_consistency_proof(store: Store, size1: int, size2: int,
 def build_state_proof(store: Store, key: str, conn: sqlite3.Connection | None = None) -> dict[str, Any]:
     """A key's value (or absence) at the latest checkpointed block, with its proof."""
     conn = conn or store.reader()
+    with read_snapshot(conn):
+        return _build_state_proof(store, key, conn)
+
+
+def _build_state_proof(store: Store, key: str, conn: sqlite3.Connection) -> dict[str, Any]:
     height = store.head_height(conn)
     block = store.get_block(height, conn)
     if block is None:
