@@ -439,8 +439,6 @@ def _suspend(env: Env, org: str) -> None:
     assert org_ids(env)[org] == "suspended"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: api/app.py member_of() checks only the key's status, not its "
-                   "organisation's, so keys of a suspended organisation keep member-only reads")
 def test_suspended_organisation_loses_member_reads(env: Env) -> None:
     suspended = admin(env, "eco-recycling")
     suspended.login()
@@ -451,8 +449,6 @@ def test_suspended_organisation_loses_member_reads(env: Env) -> None:
     assert refused.value.http_status == 403
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: governance.process_votes counts every stored vote, including those "
-                   "of organisations suspended since, against a quorum computed over the active organisations only")
 def test_votes_of_an_organisation_suspended_later_do_not_count(env: Env) -> None:
     # eco-recycling votes while active (2 votes), then is suspended: 8 active organisations, majority 5
     receipt = admin(env, PROPOSER).submit("gov.propose", admit_newco(), cosigners=[demo_admin("eco-recycling")])

@@ -227,7 +227,8 @@ def process_votes(ctx: Context, proposal_id: str, proposal: dict[str, Any], new_
     votes = sorted(set(proposal["votes"]) | new_votes)
     proposal = {**proposal, "votes": votes}
     quorum = get_governance_quorum(ctx)
-    if len(votes) >= quorum:
+    counted = set(votes) & set(get_active_orgs(ctx))  # votes of organisations suspended since do not count
+    if len(counted) >= quorum:
         action = msgspec.convert(proposal["action"], Action, strict=True)
         check_action(ctx, action)
         process_action(ctx, action)
