@@ -158,7 +158,7 @@ class Node:
             raise
         return tx
 
-    def _read_state(self, key: str) -> Any | None:
+    def read_state(self, key: str) -> Any | None:
         """Latest committed value: the committer's cache when it holds the key, else SQLite."""
         encoded = self.ledger.committed_cache.get(key, _MISS)
         if encoded is _MISS:
@@ -179,7 +179,7 @@ class Node:
             if tx.hash in self._waiting:
                 raise Rejected("this transaction is already waiting to be committed", code="duplicate",
                                http_status=409)
-            committed = self._read_state(nonce_key(tx.signer)) or 0
+            committed = self.read_state(nonce_key(tx.signer)) or 0
             floor = max(committed, self._pending_nonce.get(tx.signer, 0))
             if tx.nonce <= floor:
                 metrics.REJECTIONS.labels(code="stale_nonce", stage="submit").inc()
@@ -294,7 +294,7 @@ class Node:
         return sorted(keys)
 
     def checkpoint_quorum(self) -> int:
-        return int(self._read_state("policy/checkpoint.quorum") or 1)
+        return int(self.read_state("policy/checkpoint.quorum") or 1)
 
 
 class _ReaderState:
@@ -304,7 +304,7 @@ class _ReaderState:
         self.node = node
 
     def get(self, key: str) -> Any | None:
-        return self.node._read_state(key)
+        return self.node.read_state(key)
 
 
 def genesis_known_keys(genesis: dict[str, Any]) -> list[str]:

@@ -99,8 +99,8 @@ def create_app(node: Node) -> FastAPI:
 
     def member_of(authorization: str | None) -> dict[str, Any]:
         did = tokens.did_of(authorization)
-        record = node._read_state(f"id/key/{did}")
-        org = None if record is None else node._read_state(f"id/org/{record['org']}")
+        record = node.read_state(f"id/key/{did}")
+        org = None if record is None else node.read_state(f"id/org/{record['org']}")
         if record is None or record.get("status") != "active" or org is None or org.get("status") != "active":
             raise Unauthorized("the token's key is not an active member key of an active organisation",
                                code="not_a_member", http_status=403)
@@ -151,7 +151,7 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/v1/accounts/{did}/nonce", tags=["transactions"])
     def get_nonce(did: str) -> dict[str, Any]:
         """The last committed nonce of a signer and the next one to use."""
-        committed = int(node._read_state(f"nonce/{did}") or 0)
+        committed = int(node.read_state(f"nonce/{did}") or 0)
         pending = node.pending_nonce(did)
         return {"did": did, "committed": committed, "next": max(committed, pending) + 1}
 
@@ -232,7 +232,7 @@ def create_app(node: Node) -> FastAPI:
     def auth_token(body: TokenRequest) -> dict[str, Any]:
         """Exchange a signed challenge for a short-lived bearer token."""
         issued = tokens.issue(body.did, body.challenge, body.signature)
-        record = node._read_state(f"id/key/{body.did}")
+        record = node.read_state(f"id/key/{body.did}")
         issued["member"] = record is not None and record.get("status") == "active"
         return issued
 
