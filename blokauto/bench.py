@@ -28,6 +28,7 @@ from blokauto.crypto.keys import DOMAIN_TX, Signer
 from blokauto.ledger import proofs
 from blokauto.ledger.tx import sign_tx
 from blokauto.node import Node, NodeConfig, genesis_known_keys, init_ledger
+from blokauto.runtime import tune_process
 
 Log = Callable[[str], None] | None
 
@@ -45,35 +46,31 @@ def make_transactions(chain: str, n: int, signers: list[Signer]) -> list[bytes]:
     return raws
 
 
-def tune_gc() -> None:
-    """The ledger allocates many short-lived containers per transaction and few cycles: collect the
-    young generation less often (as `blokauto serve` does)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-
-
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Current resident memory (not the peak), so a plateau shows."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_ledger(raws: list[bytes], work: Path, genesis: dict[str, Any]) -> dict[str, Any]:
     data = work / "node"
     init_ledger(data, genesis, demo.OPERATOR_ORG, demo.demo_node_key(demo.OPERATOR_ORG).signing_key)
     with Node(data, NodeConfig()) as node:
-        half = len(raws) // 2
+        rounds = 4
+        step = -(-len(raws) // rounds)
         gc.collect()
-        rss_before = rss_mb()
+        rss = [rss_mb()]
+        ok = 0
         started = time.perf_counter()
-        first = node.submit_many(raws[:half])
-        for f in first:
-            f.result()
-        rss_mid = rss_mb()
-        second = node.submit_many(raws[half:])
-        receipts = [f.result() for f in second]
+        for start in range(0, len(raws), step):
+            futures = node.submit_many(raws[start : start + step])
+            ok += sum(1 for f in futures if f.result()["status"] == "ok")
+            del futures
+            rss.append(rss_mb())
         elapsed = time.perf_counter() - started
-        rss_after = rss_mb()
-        ok = sum(1 for r in receipts if r["status"] == "ok")
         height = node.ledger.head.height
         size = node.ledger.head.log_size
         db_bytes = sum(p.stat().st_size for p in data.glob("ledger.sqlite*"))
@@ -96,8 +93,8 @@ def bench_ledger(raws: list[bytes], work: Path, genesis: dict[str, Any]) -> dict
             state_gen.append(time.perf_counter() - t0)
     return {
         "tx_per_s": len(raws) / elapsed, "seconds": elapsed, "blocks": height, "log_size": size,
-        "second_half_ok": ok, "bytes_per_tx": db_bytes / max(size, 1),
-        "rss_mb": {"before": rss_before, "half": rss_mid, "end": rss_after},
+        "committed_ok": ok, "bytes_per_tx": db_bytes / max(size, 1),
+        "rss_mb_by_quarter": rss,
         "proof_gen_us": statistics.median(gen) * 1e6, "proof_verify_us": statistics.median(ver) * 1e6,
         "state_proof_gen_us": statistics.median(state_gen) * 1e6,
     }
@@ -159,7 +156,7 @@ def bench_pymerkle(raws: list[bytes], work: Path) -> float | None:
 
 def run_bench(n: int, log: Log = None) -> dict[str, Any]:
     say = log or (lambda _msg: None)
-    tune_gc()
+    tune_process()
     genesis = demo.demo_genesis(time_ms=1_700_000_000_000)
     signers = [demo.demo_admin(o["id"]) for o in demo.DEMO_ORGS]
     say(f"signing {n} transactions (client side, not timed)...")
@@ -191,7 +188,8 @@ def run_bench(n: int, log: Log = None) -> dict[str, Any]:
         f"inclusion proof: generate {ledger['proof_gen_us']:.0f} us, verify offline (with checkpoint signature) "
         f"{ledger['proof_verify_us']:.0f} us; state proof generate {ledger['state_proof_gen_us']:.0f} us",
         f"storage: {ledger['bytes_per_tx']:,.0f} bytes per transaction (log, state, state tree, indexes)",
-        f"memory (max RSS): {ledger['rss_mb']['half']:.0f} MB at half, {ledger['rss_mb']['end']:.0f} MB at end",
+        "memory (RSS, MB) before and after each quarter of the run: "
+        + " -> ".join(f"{m:.0f}" for m in ledger["rss_mb_by_quarter"]),
         f"blocks: {ledger['blocks']}, transactions: {n}, cpus: {os.cpu_count()}",
     ]
     return {"transactions": n, "blokauto": ledger, "ed25519_1_thread": ed1, "ed25519_2_threads": ed2,

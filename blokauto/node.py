@@ -10,11 +10,12 @@ executes and commits them, and resolves each submitter's future with its receipt
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ class Node:
         self._committer: threading.Thread | None = None
         self._stop = threading.Event()
         self._fatal: BaseException | None = None
-        self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self._procs: ProcessPoolExecutor | None = None
         self.commit_listeners: list[Any] = []
         metrics.HEIGHT.set(self.ledger.head.height)
         metrics.LOG_SIZE.set(self.ledger.head.log_size)
@@ -127,7 +128,8 @@ class Node:
         if self._committer is not None:
             self._committer.join(timeout=30)
             self._committer = None
-        self._verify_pool.shutdown(wait=True)
+        if self._procs is not None:
+            self._procs.shutdown(wait=True)
         self._fail_waiting(StorageError("node stopped", code="node_stopped"))
         self.store.close()
 
@@ -146,12 +148,7 @@ class Node:
     def check(self, raw: bytes) -> SignedTx:
         """Stateless then stateful checks; raises a :class:`BlokError` and writes nothing on refusal."""
         try:
-            tx = parse_tx(raw, self.chain)
-            tx_type = self.registry.get(tx.type)
-            if tx_type is None:
-                raise InputError(f"unknown transaction type {tx.type}", code="unknown_type")
-            convert_payload(tx_type, tx.payload)
-            verify_tx_signatures(tx)
+            tx = check_stateless(raw, self.chain)
             self._check_auth(tx)
         except BlokError as exc:
             metrics.REJECTIONS.labels(code=exc.code, stage="submit").inc()
@@ -194,28 +191,32 @@ class Node:
     def submit(self, raw: bytes) -> Future[dict[str, Any]]:
         return self.enqueue(self.check(raw))
 
-    def submit_many(self, raws: Sequence[bytes], chunk: int = 256) -> list[Future[dict[str, Any]]]:
-        """Check in parallel on the verify pool (PyNaCl releases the GIL), enqueue in order."""
+    def submit_many(self, raws: Sequence[bytes], chunk: int = 500) -> list[Future[dict[str, Any]]]:
+        """Bulk submission: stateless checks (parse, schema, Ed25519) in worker processes, so they
+        run beside the committer without sharing its GIL; stateful checks and ordering here, in order."""
         futures: list[Future[dict[str, Any]]] = []
-        chunks = [raws[i : i + chunk] for i in range(0, len(raws), chunk)]
-        for checked in self._verify_pool.map(self._check_chunk, chunks):
+        chunks = [list(raws[i : i + chunk]) for i in range(0, len(raws), chunk)]
+        pool = self._check_pool()
+        for checked in pool.map(check_stateless_batch, chunks, [self.chain] * len(chunks)):
             for item in checked:
-                if isinstance(item, BlokError):
-                    failed: Future[dict[str, Any]] = Future()
-                    failed.set_exception(item)
-                    futures.append(failed)
-                else:
+                try:
+                    if isinstance(item, tuple):
+                        raise BlokError(item[1], code=item[0], http_status=item[2])
+                    self._check_auth(item)
                     futures.append(self.enqueue(item))
+                except BlokError as exc:
+                    metrics.REJECTIONS.labels(code=exc.code, stage="submit").inc()
+                    failed: Future[dict[str, Any]] = Future()
+                    failed.set_exception(exc)
+                    futures.append(failed)
         return futures
 
-    def _check_chunk(self, raws: Iterable[bytes]) -> list[SignedTx | BlokError]:
-        out: list[SignedTx | BlokError] = []
-        for raw in raws:
-            try:
-                out.append(self.check(raw))
-            except BlokError as exc:
-                out.append(exc)
-        return out
+    def _check_pool(self) -> ProcessPoolExecutor:
+        if self._procs is None:
+            context = multiprocessing.get_context("spawn")
+            self._procs = ProcessPoolExecutor(max_workers=os.cpu_count() or 2, mp_context=context,
+                                              initializer=load_all)
+        return self._procs
 
     # -- the committer ---------------------------------------------------------------------------
 
@@ -295,6 +296,29 @@ class Node:
 
     def checkpoint_quorum(self) -> int:
         return int(self.read_state("policy/checkpoint.quorum") or 1)
+
+
+def check_stateless(raw: bytes, chain: str) -> SignedTx:
+    """Everything that needs no ledger state: size, canonical form, schema, type, payload, signatures."""
+    tx = parse_tx(raw, chain)
+    registry = load_all()
+    tx_type = registry.get(tx.type)
+    if tx_type is None:
+        raise InputError(f"unknown transaction type {tx.type}", code="unknown_type")
+    convert_payload(tx_type, tx.payload)
+    verify_tx_signatures(tx)
+    return tx
+
+
+def check_stateless_batch(raws: list[bytes], chain: str) -> list[SignedTx | tuple[str, str, int]]:
+    """:func:`check_stateless` over a batch, in a worker process; refusals as (code, message, status)."""
+    out: list[SignedTx | tuple[str, str, int]] = []
+    for raw in raws:
+        try:
+            out.append(check_stateless(raw, chain))
+        except BlokError as exc:
+            out.append((exc.code, exc.message, exc.http_status))
+    return out
 
 
 class _ReaderState:

@@ -128,9 +128,9 @@ def serve(
     if synchronous.upper() not in ("NORMAL", "FULL"):
         raise InputError("--synchronous is NORMAL or FULL", code="usage")
     configure_logging()
-    from blokauto.bench import tune_gc
+    from blokauto.runtime import tune_process
 
-    tune_gc()
+    tune_process()
     with Node(data, NodeConfig(synchronous=synchronous.upper())) as node:
         err.print(f"[green]serving[/] {node.chain} (height {node.ledger.head.height}) on http://{host}:{port} "
                   f"— docs at http://{host}:{port}/docs")

@@ -29,7 +29,7 @@ from blokauto.ledger.tx import SignedTx
 
 log = logging.getLogger("blokauto.ledger")
 
-STATE_CACHE_ENTRIES = 200_000
+STATE_CACHE_ENTRIES = 50_000
 _decode_value = msgspec.json.Decoder().decode
 
 

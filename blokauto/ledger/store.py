@@ -66,7 +66,7 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL") 
         conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("PRAGMA temp_store=MEMORY")
-    conn.execute("PRAGMA mmap_size=268435456")
+    conn.execute("PRAGMA mmap_size=0")
     return conn
 
 
