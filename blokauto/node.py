@@ -99,6 +99,7 @@ class Node:
         self.config = config or NodeConfig()
         self.org_id, signer = read_node_key(self.data_dir)
         self.store = Store(self.data_dir, synchronous=self.config.synchronous)
+        self.store.start_checkpointer()
         self.registry = load_all()
         self.ledger = Ledger(self.store, self.registry, signer)
         self.chain = self.ledger.chain
@@ -193,7 +194,8 @@ class Node:
 
     def submit_many(self, raws: Sequence[bytes], chunk: int = 500) -> list[Future[dict[str, Any]]]:
         """Bulk submission: stateless checks (parse, schema, Ed25519) in worker processes, so they
-        run beside the committer without sharing its GIL; stateful checks and ordering here, in order."""
+        run beside the committer without sharing its GIL; nonce reservation and ordering here, in order.
+        Refused transactions (here or at execution) resolve their future with the error; none is logged."""
         futures: list[Future[dict[str, Any]]] = []
         chunks = [list(raws[i : i + chunk]) for i in range(0, len(raws), chunk)]
         pool = self._check_pool()
@@ -202,7 +204,7 @@ class Node:
                 try:
                     if isinstance(item, tuple):
                         raise BlokError(item[1], code=item[0], http_status=item[2])
-                    self._check_auth(item)
+                    # role and revocation are checked by the committer, which drops (never logs) refusals
                     futures.append(self.enqueue(item))
                 except BlokError as exc:
                     metrics.REJECTIONS.labels(code=exc.code, stage="submit").inc()
@@ -215,7 +217,7 @@ class Node:
         if self._procs is None:
             context = multiprocessing.get_context("spawn")
             self._procs = ProcessPoolExecutor(max_workers=os.cpu_count() or 2, mp_context=context,
-                                              initializer=load_all)
+                                              initializer=_init_check_worker)
         return self._procs
 
     # -- the committer ---------------------------------------------------------------------------
@@ -296,6 +298,13 @@ class Node:
 
     def checkpoint_quorum(self) -> int:
         return int(self.read_state("policy/checkpoint.quorum") or 1)
+
+
+def _init_check_worker() -> None:
+    """Checkers run at lower priority: the committer (the one serial stage) must never wait for CPU;
+    checkers use what it leaves."""
+    os.nice(10)
+    load_all()
 
 
 def check_stateless(raw: bytes, chain: str) -> SignedTx:

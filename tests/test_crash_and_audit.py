@@ -160,7 +160,7 @@ TAMPERS = {
     "leaf signature": ("leaves", "idx", "leaf", "idx = 5", -20),
     "state row": ("state", "k", "v", "k LIKE 'notary/%'", 10),
     "nonce row": ("state", "k", "v", "k LIKE 'nonce/%'", 0),
-    "state-tree node": ("smt_nodes", "id", "node", "id = 3", 30),
+    "state-tree node": ("smt_chunks", "chunk", "nodes", "chunk = 0", 2 * 113 + 30),
     "log node": ("log_nodes", "id", "hash", "id = 5", 0),
     "transaction index": ("leaves", "idx", "txhash", "idx = 7", 3),
     "checkpoint": ("blocks", "height", "checkpoint", "height = 3", 5),

@@ -155,7 +155,7 @@ def _leaves_of(store: Store, height: int) -> Iterator[tuple[int, int, bytes, byt
 def _compare_tables(store: Store, replay: Store, head: int, report: AuditReport) -> None:
     for table, key_col, value_col, what in (
         ("log_nodes", "id", "hash", "log node"),
-        ("smt_nodes", "id", "node", "state-tree node"),
+        ("smt_chunks", "chunk", "nodes", "state-tree node chunk"),
         ("state", "k", "v", "state row"),
         ("leaves", "idx", "txhash", "transaction index entry"),
         ("blocks", "height", "state_root_id", "block state-tree pointer"),

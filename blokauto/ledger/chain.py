@@ -126,7 +126,7 @@ class BlockResult:
     header: Header
     block_hash: bytes
     checkpoint: str
-    outcomes: list[TxOutcome] = field(default_factory=list)
+    outcomes: list[TxOutcome] = field(default_factory=list)  # one per transaction, dropped ones too
 
 
 class _BlockState:
@@ -266,13 +266,8 @@ class Ledger:
         needed = ", ".join(sorted(roles))
         return None, "forbidden", f"{tx.type} needs one of the roles: {needed}"
 
-    def _execute(self, state: _BlockState, tx: SignedTx, height: int, time_ms: int) -> dict[str, Any]:
-        tx_type = self.registry.get(tx.type)
-        if tx_type is None:
-            return _result_json("rejected", code="unknown_type", message=f"unknown transaction type {tx.type}")
-        member, code, message = self.check_auth(state, tx, tx_type)
-        if code:
-            return _result_json("rejected", code=code, message=message)
+    def _execute(self, state: _BlockState, tx: SignedTx, tx_type: TxType, member: dict[str, Any] | None,
+                 height: int, time_ms: int) -> dict[str, Any]:
         try:
             payload = msgspec.convert(tx.payload, tx_type.payload_type, strict=True)
         except msgspec.ValidationError as exc:
@@ -312,7 +307,18 @@ class Ledger:
                 outcomes.append(TxOutcome(tx, None, Rejected(
                     f"nonce {tx.nonce} is not above {last}", code="stale_nonce", http_status=409)))
                 continue
-            result = self._execute(state, tx, height, time_ms)
+            # Who may not send this (unknown type, unknown or revoked key, missing role) is refused
+            # here like a stale nonce: never a leaf, so an outsider cannot write into the log.
+            tx_type = self.registry.get(tx.type)
+            if tx_type is None:
+                outcomes.append(TxOutcome(tx, None, InputError(
+                    f"unknown transaction type {tx.type}", code="unknown_type")))
+                continue
+            member, code, message = self.check_auth(state, tx, tx_type)
+            if code:
+                outcomes.append(TxOutcome(tx, None, Rejected(message, code=code, http_status=403)))
+                continue
+            result = self._execute(state, tx, tx_type, member, height, time_ms)
             pending[nkey] = (tx.nonce, str(tx.nonce).encode())
             result_bytes = canonical.encode(result)
             leaf = b'{"height":%d,"result":%s,"tx":%s}' % (height, result_bytes, tx.raw)
