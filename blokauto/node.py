@@ -1,10 +1,12 @@
 """The composition root of one node: storage, ledger, contracts, orderer and the committer.
 
-Submissions arrive from any thread (API workers, the bench, the CLI): they are checked
-statelessly (size, canonical form, schema, chain id, signatures), then against the committed
-state and the not-yet-committed queue (nonce, role, revocation) — a refusal there writes
-nothing — and handed to the orderer. One committer thread cuts blocks from the order,
-executes and commits them, and resolves each submitter's future with its receipt.
+Submissions arrive from any thread (API workers, the CLI) or in bulk (``submit_many``, whose
+stateless checks run in worker processes). They are checked statelessly (size, canonical form,
+schema, chain id, signatures), then against the committed state and the not-yet-committed queue
+(nonce; role and revocation for single submissions) — a refusal there writes nothing — and handed
+to the orderer. One committer thread cuts blocks from the order, executes and commits them, and
+resolves each submitter's future with its receipt; what it refuses before execution (stale nonce,
+no right to send) resolves with an error and is never logged.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ log = logging.getLogger("blokauto.node")
 
 NODE_KEY_FILE = "node.key"
 _MISS: Any = object()
-NODE_CONFIG_FILE = "node.json"
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class Node:
         future: Future[dict[str, Any]] = Future()
         with self._lock:
             if tx.hash in self._waiting:
+                metrics.REJECTIONS.labels(code="duplicate", stage="submit").inc()
                 raise Rejected("this transaction is already waiting to be committed", code="duplicate",
                                http_status=409)
             committed = self.read_state(nonce_key(tx.signer)) or 0
@@ -207,7 +209,8 @@ class Node:
                     # role and revocation are checked by the committer, which drops (never logs) refusals
                     futures.append(self.enqueue(item))
                 except BlokError as exc:
-                    metrics.REJECTIONS.labels(code=exc.code, stage="submit").inc()
+                    if isinstance(item, tuple):  # enqueue counts its own refusals
+                        metrics.REJECTIONS.labels(code=exc.code, stage="submit").inc()
                     failed: Future[dict[str, Any]] = Future()
                     failed.set_exception(exc)
                     futures.append(failed)
@@ -251,7 +254,9 @@ class Node:
                 if future is None:
                     continue
                 if outcome.receipt is None:
-                    future.set_exception(outcome.error or Rejected("dropped", code="dropped"))
+                    error = outcome.error or Rejected("dropped", code="dropped")
+                    metrics.REJECTIONS.labels(code=error.code, stage="execute").inc()
+                    future.set_exception(error)
                     continue
                 if outcome.receipt["status"] == "ok":
                     ok += 1

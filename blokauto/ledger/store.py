@@ -12,7 +12,6 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from blokauto.errors import StorageError
 
@@ -70,6 +69,7 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL") 
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA journal_size_limit=67108864")  # WAL shrinks back to 64 MiB after a reset
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.execute("PRAGMA mmap_size=0")
@@ -256,11 +256,6 @@ class Store:
         )
         for idx, height, leaf in rows:
             yield int(idx), int(height), bytes(leaf)
-
-    def stats(self) -> dict[str, Any]:
-        page_size = self.writer.execute("PRAGMA page_size").fetchone()[0]
-        pages = self.writer.execute("PRAGMA page_count").fetchone()[0]
-        return {"bytes": int(page_size) * int(pages)}
 
 
 class _Transaction:

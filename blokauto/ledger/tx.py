@@ -47,10 +47,6 @@ class SignedTx:
     def signers(self) -> tuple[str, ...]:
         return (self.signer, *self.cosigners)
 
-    def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = canonical.decode(self.raw)
-        return obj
-
 
 def tx_hash(body_bytes: bytes) -> bytes:
     return hashlib.sha256(body_bytes).digest()
