@@ -226,3 +226,29 @@ def test_cli_keys_submit_and_offline_proof(demo_data: Path, tmp_path: Path) -> N
     proof_file.write_text(json.dumps(proof))
     bad = cli("check-proof", str(proof_file), "--keys", str(keys_file), check=False)
     assert bad.returncode == 1 and "error" in bad.stderr
+
+
+def test_verify_beside_a_node_that_is_committing(demo_data: Path) -> None:
+    server = Server(demo_data)
+    stop = threading.Event()
+
+    def submitter(org: str) -> None:
+        client = Client(server.url, demo.demo_admin(org), timeout=10)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            client.submit("notary.anchor", anchor_payload(i, f"live-{org}"))
+
+    threads = [threading.Thread(target=submitter, args=(o["id"],)) for o in demo.DEMO_ORGS[:3]]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        for _ in range(2):  # the node commits blocks while each audit runs
+            result = cli("verify", "--data", str(demo_data))
+            assert "OK" in result.stdout
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        server.stop()

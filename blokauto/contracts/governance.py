@@ -121,8 +121,10 @@ def compute_majority(org_count: int) -> int:
 
 
 def get_governance_quorum(ctx: Context) -> int:
-    majority = compute_majority(len(get_active_orgs(ctx)))
-    return max(majority, int(get_policy(ctx, "governance.quorum", majority)))
+    active = len(get_active_orgs(ctx))
+    majority = compute_majority(active)
+    # a quorum set before suspensions may exceed the organisations left: cap it, or nothing could pass
+    return min(active, max(majority, int(get_policy(ctx, "governance.quorum", majority))))
 
 
 def get_voting_orgs(ctx: Context) -> set[str]:
@@ -181,6 +183,8 @@ def check_action(ctx: Context, action: Action) -> None:
         require(len(get_active_orgs(ctx)) > 1, "last_org", "the last organisation cannot be suspended")
     elif isinstance(action, SetPolicy):
         require(action.name in POLICIES, "unknown_policy", f"unknown policy {action.name}")
+        if action.name == "title.registry_cosign":
+            require(type(action.value) is bool, "bad_policy", "title.registry_cosign is true or false")
         if action.name in ("governance.quorum", "checkpoint.quorum"):
             require(
                 type(action.value) is int and 1 <= action.value <= len(get_active_orgs(ctx)),

@@ -61,6 +61,7 @@ def audit(
     scratch = Path(tempfile.mkdtemp(prefix="blokauto-audit-"))
     replay_store = Store(scratch, create=True)
     conn = store.writer
+    conn.execute("BEGIN")  # one snapshot: a node committing meanwhile cannot make the audit see a torn state
     try:
         stored_genesis = store.get_meta("genesis", conn)
         if stored_genesis is None:
@@ -86,6 +87,7 @@ def audit(
         if report.ok:
             _compare_tables(store, replay_store, head, report)
     finally:
+        conn.execute("COMMIT")
         replay_store.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return report
