@@ -43,17 +43,25 @@ def contract(
 def convert_payload(tx_type: TxType, payload: dict[str, Any]) -> Any:
     """Typed payload for a handler; schema errors are the caller's fault (400)."""
     try:
-        return msgspec.convert(payload, tx_type.payload_type, strict=True)
+        converted = msgspec.convert(payload, tx_type.payload_type, strict=True)
     except msgspec.ValidationError as exc:
         raise InputError(f"payload of {tx_type.name}: {exc}", code="bad_payload") from None
+    validate = getattr(converted, "validate", None)
+    if validate is not None:
+        validate()
+    return converted
 
 
 class Payload(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Base of every payload schema: unknown fields are refused."""
 
+    def validate(self) -> None:
+        """Checks beyond the schema that need no state (a VIN's check digit); raise InputError
+        with a specific code. Runs at submission and again at execution."""
+
 
 def load_all() -> dict[str, TxType]:
     """Import every domain module so its handlers register; returns the table."""
-    from blokauto.contracts import governance, notary  # noqa: F401
+    from blokauto.contracts import governance, notary, vehicle  # noqa: F401
 
     return REGISTRY

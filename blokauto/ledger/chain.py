@@ -30,6 +30,11 @@ from blokauto.ledger.tx import SignedTx
 log = logging.getLogger("blokauto.ledger")
 
 STATE_CACHE_ENTRIES = 50_000
+# Payload fields that name what a transaction is about; every leaf (accepted or rejected) whose
+# payload has one is indexed as "<field>:<value>", so a vehicle's or a part's whole record,
+# refused attempts included, is found without scanning the log.
+SUBJECT_FIELDS = ("vin", "serial", "campaign")
+MAX_SUBJECT_CHARS = 128
 _decode_value = msgspec.json.Decoder().decode
 
 
@@ -197,7 +202,7 @@ class Ledger:
         checkpoint = cls._sign(signer, header, block_hash)
         store.commit_block(BlockWrite(
             height=0, block_hash=block_hash, header=header.encode(), state_root_id=root_id, checkpoint=checkpoint,
-            leaves=[], log_nodes=[], smt_nodes=nodes, state_puts=sorted(writes.items()), state_deletes=[],
+            leaves=[], subjects=[], log_nodes=[], smt_nodes=nodes, state_puts=sorted(writes.items()), state_deletes=[],
             meta={"genesis": genesis_bytes},
         ))
         return cls(store, registry, signer)
@@ -270,8 +275,13 @@ class Ledger:
                  height: int, time_ms: int) -> dict[str, Any]:
         try:
             payload = msgspec.convert(tx.payload, tx_type.payload_type, strict=True)
+            validate = getattr(payload, "validate", None)
+            if validate is not None:
+                validate()
         except msgspec.ValidationError as exc:
             return _result_json("rejected", code="bad_payload", message=str(exc))
+        except InputError as exc:
+            return _result_json("rejected", code=exc.code, message=exc.message)
         ctx = Context(reader=state, tx_hash=tx.hash_hex, signer=tx.signer, cosigners=tx.cosigners,
                       height=height, time_ms=time_ms, chain=self.chain, member=member)
         try:
@@ -299,6 +309,7 @@ class Ledger:
         outcomes: list[TxOutcome] = []
         leaves: list[tuple[int, int, bytes, bytes]] = []
         leaf_hashes: list[bytes] = []
+        subjects: list[tuple[str, int]] = []
         index = head.log_size
         for tx in txs:
             nkey = nonce_key(tx.signer)
@@ -323,6 +334,11 @@ class Ledger:
             result_bytes = canonical.encode(result)
             leaf = b'{"height":%d,"result":%s,"tx":%s}' % (height, result_bytes, tx.raw)
             leaves.append((index, height, tx.hash, leaf))
+            payload = tx.payload
+            for name in SUBJECT_FIELDS:
+                value = payload.get(name)
+                if type(value) is str and 0 < len(value) <= MAX_SUBJECT_CHARS:
+                    subjects.append((f"{name}:{value}", index))
             leaf_hashes.append(leaf_hash(leaf))
             receipt = {"tx": tx.hash_hex, "height": height, "leaf_index": index, **result}
             outcomes.append(TxOutcome(tx, receipt))
@@ -330,11 +346,11 @@ class Ledger:
         if not leaves:
             return BlockResult(header=head, block_hash=self.head_hash, checkpoint=self.head_checkpoint,
                                outcomes=outcomes)
-        return self._commit(height, time_ms, pending, leaves, leaf_hashes, outcomes)
+        return self._commit(height, time_ms, pending, leaves, leaf_hashes, subjects, outcomes)
 
     def _commit(self, height: int, time_ms: int, pending: dict[str, tuple[Any, bytes | None]],
                 leaves: list[tuple[int, int, bytes, bytes]], leaf_hashes: list[bytes],
-                outcomes: list[TxOutcome]) -> BlockResult:
+                subjects: list[tuple[str, int]], outcomes: list[TxOutcome]) -> BlockResult:
         try:
             changes = {state_key_hash(k): None if enc is None else state_value_hash(enc)
                        for k, (_, enc) in pending.items()}
@@ -349,7 +365,7 @@ class Ledger:
             deletes = [(k,) for k, (_, enc) in pending.items() if enc is None]
             self.store.commit_block(BlockWrite(
                 height=height, block_hash=block_hash, header=header.encode(), state_root_id=root_id,
-                checkpoint=checkpoint, leaves=leaves, log_nodes=log_nodes, smt_nodes=smt_nodes,
+                checkpoint=checkpoint, leaves=leaves, subjects=subjects, log_nodes=log_nodes, smt_nodes=smt_nodes,
                 state_puts=puts, state_deletes=deletes,
             ))
         except BaseException:

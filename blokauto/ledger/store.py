@@ -34,6 +34,8 @@ CREATE INDEX IF NOT EXISTS leaves_by_tx ON leaves (txhash);
 CREATE TABLE IF NOT EXISTS log_nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS smt_chunks (chunk INTEGER PRIMARY KEY, nodes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subjects (subject TEXT NOT NULL, idx INTEGER NOT NULL,
+    PRIMARY KEY (subject, idx)) WITHOUT ROWID;
 """
 
 DB_FILE = "ledger.sqlite"
@@ -55,6 +57,7 @@ class BlockWrite:
     state_root_id: int | None
     checkpoint: str
     leaves: list[tuple[int, int, bytes, bytes]]          # (idx, height, txhash, leaf)
+    subjects: list[tuple[str, int]]                      # (subject, idx): which leaves name a VIN, a serial...
     log_nodes: list[tuple[int, bytes]]
     smt_nodes: list[tuple[int, bytes]]
     state_puts: list[tuple[str, bytes]]
@@ -157,6 +160,7 @@ class Store:
                 (w.height, w.block_hash, w.header, w.state_root_id, w.checkpoint),
             )
             conn.executemany("INSERT INTO leaves (idx, height, txhash, leaf) VALUES (?, ?, ?, ?)", w.leaves)
+            conn.executemany("INSERT INTO subjects (subject, idx) VALUES (?, ?)", w.subjects)
             conn.executemany("INSERT INTO log_nodes (id, hash) VALUES (?, ?)", w.log_nodes)
             conn.executemany("INSERT OR REPLACE INTO smt_chunks (chunk, nodes) VALUES (?, ?)",
                              self._smt_chunks(conn, w.smt_nodes))
@@ -248,6 +252,26 @@ class Store:
             "SELECT idx, height, leaf FROM leaves WHERE txhash = ? ORDER BY idx DESC LIMIT 1", (txhash,)
         ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
+
+    def subject_leaves(self, subject: str, conn: sqlite3.Connection | None = None,
+                       after: int = -1, limit: int = 10_000) -> list[int]:
+        """Leaf indexes (ascending) of every transaction, accepted or rejected, naming ``subject``."""
+        rows = self._conn(conn).execute(
+            "SELECT idx FROM subjects WHERE subject = ? AND idx > ? ORDER BY idx LIMIT ?", (subject, after, limit))
+        return [int(r[0]) for r in rows]
+
+    def get_leaves(self, indexes: Sequence[int],
+                   conn: sqlite3.Connection | None = None) -> dict[int, tuple[int, bytes, bytes]]:
+        """(height, txhash, leaf) for each of ``indexes``, in one query per 500."""
+        found: dict[int, tuple[int, bytes, bytes]] = {}
+        c = self._conn(conn)
+        for start in range(0, len(indexes), 500):
+            chunk = list(indexes[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for idx, height, txhash, leaf in c.execute(
+                    f"SELECT idx, height, txhash, leaf FROM leaves WHERE idx IN ({marks})", chunk):
+                found[int(idx)] = (int(height), bytes(txhash), bytes(leaf))
+        return found
 
     def iter_leaves(self, start: int, end: int,
                     conn: sqlite3.Connection | None = None) -> Iterator[tuple[int, int, bytes]]:

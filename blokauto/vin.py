@@ -1,0 +1,82 @@
+"""Vehicle identification numbers (ISO 3779): validation and what the WMI says about the maker.
+
+The decoding itself is ``vininfo``'s (a maintained WMI table); here are only the rules the
+ledger enforces on top: the exact canonical spelling (17 upper-case characters, no I, O, Q) and
+the check digit in position 9 where the region makes it mandatory (North America, under
+49 CFR 565, and China, under GB 16735). Contracts call :func:`parse_vin`, so the result must
+be deterministic for a given ``vininfo`` version, which the project pins.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from vininfo import Vin
+from vininfo.exceptions import ValidationError as VinValidationError
+
+from blokauto.errors import InputError
+
+VIN_PATTERN = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
+# First WMI character: 1-5 North America, L China.
+CHECK_DIGIT_REGIONS = frozenset("12345L")
+
+
+@dataclass(frozen=True, slots=True)
+class VinInfo:
+    vin: str
+    wmi: str
+    maker: str
+    country: str
+    region: str
+    check_digit_required: bool
+    check_digit_ok: bool
+    model_years: tuple[int, ...]    # years position 10 may stand for (empty where unused)
+
+
+def normalise_vin(text: str) -> str:
+    """What a person typed (spaces, lower case) to the canonical spelling; API and CLI only."""
+    return text.strip().replace(" ", "").upper()
+
+
+def parse_vin(vin: str) -> VinInfo:
+    """Validate a canonical VIN and decode its maker; raises :class:`InputError` (``bad_vin``)."""
+    if not isinstance(vin, str) or len(vin) != 17:
+        raise InputError("a VIN has exactly 17 characters", code="bad_vin")
+    if not VIN_PATTERN.match(vin):
+        raise InputError("a VIN uses only digits and upper-case letters other than I, O and Q", code="bad_vin")
+    try:
+        decoded = Vin(vin)
+    except VinValidationError as exc:
+        raise InputError(f"invalid VIN: {exc}", code="bad_vin") from None
+    required = vin[0] in CHECK_DIGIT_REGIONS
+    check_ok = bool(decoded.verify_checksum(check_year=False))
+    if required and not check_ok:
+        raise InputError(f"VIN check digit (position 9) is wrong: {vin[8]!r} does not match", code="bad_vin")
+    maker = str(decoded.manufacturer or "")
+    if not maker or maker == "UnsupportedBrand":
+        maker = "Unknown"
+    try:
+        years = tuple(int(y) for y in (decoded.years or ()))
+    except (TypeError, ValueError):
+        years = ()
+    return VinInfo(
+        vin=vin, wmi=vin[:3], maker=maker, country=str(decoded.country or "Unknown"),
+        region=str(decoded.region or "Unknown"), check_digit_required=required, check_digit_ok=check_ok,
+        model_years=years if required else (),
+    )
+
+
+def check_digit(vin: str) -> str:
+    """The ISO 3779 / 49 CFR 565 check character for ``vin`` (position 9 ignored); for demo data."""
+    values = {**{str(d): d for d in range(10)},
+              **dict(zip("ABCDEFGH", range(1, 9), strict=True)), **dict(zip("JKLMN", range(1, 6), strict=True)),
+              "P": 7, "R": 9, **dict(zip("STUVWXYZ", range(2, 10), strict=True))}
+    weights = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
+    total = sum(values[c] * w for c, w in zip(vin, weights, strict=True))
+    remainder = total % 11
+    return "X" if remainder == 10 else str(remainder)
+
+
+def with_check_digit(vin: str) -> str:
+    return vin[:8] + check_digit(vin) + vin[9:]
