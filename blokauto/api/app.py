@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from blokauto import metrics
 from blokauto.api.auth import TokenIssuer
+from blokauto.api.vehicles import add_vehicle_routes
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import b64
 from blokauto.errors import BlokError, InputError, NotFound, Unauthorized
@@ -106,6 +107,8 @@ def create_app(node: Node) -> FastAPI:
                                code="not_a_member", http_status=403)
         return {"did": did, **record}
 
+    guard_vehicle_tx = add_vehicle_routes(app, node, tokens, member_of)
+
     # -- transactions ---------------------------------------------------------------------------
 
     @app.post("/v1/tx", tags=["transactions"], status_code=200,
@@ -142,9 +145,10 @@ def create_app(node: Node) -> FastAPI:
             raise NotFound(f"no transaction {tx_hash}", code="unknown_tx")
         index, height, leaf = found
         decoded = canonical.decode(leaf)
-        tx_type = node.registry.get(decoded["tx"]["body"]["type"])
+        body = decoded["tx"]["body"]
+        tx_type = node.registry.get(body["type"])
         if tx_type is None or not tx_type.public:
-            member_of(authorization)
+            guard_vehicle_tx(body, authorization)
         receipt = {"tx": tx_hash, "height": height, "leaf_index": index, **decoded["result"]}
         return {"receipt": receipt, "transaction": decoded["tx"], "proof": proofs.build_record_proof(store, index)}
 

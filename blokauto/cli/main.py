@@ -308,6 +308,8 @@ def bench(
 
 
 def main() -> None:
+    import blokauto.cli.vehicles  # noqa: F401  (registers the vehicle commands)
+
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

@@ -143,6 +143,50 @@ class Client:
         record = self.tx(tx_hash)
         return proofs.verify_record_proof(record["proof"], keys, quorum or 1, origin=self.chain)
 
+    # -- vehicles -------------------------------------------------------------------------------
+
+    def vehicles(self, *, after: str = "", limit: int = 50, **filters: str | int) -> dict[str, Any]:
+        """A page of registered vehicles (member token): filters maker, model, year, status, ..."""
+        result: dict[str, Any] = self._json("GET", "/v1/vehicles", params={"after": after, "limit": limit, **filters})
+        return result
+
+    def vehicle(self, vin: str, *, proof: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/vehicles/{vin}", params={"proof": "1" if proof else "0"})
+        return result
+
+    def vehicle_summary(self, vin: str) -> dict[str, Any]:
+        """The public VIN check (no token needed)."""
+        result: dict[str, Any] = self._json("GET", f"/v1/vehicles/{vin}/summary")
+        return result
+
+    def vehicle_report(self, vin: str, *, format: str = "json", share: str | None = None) -> Any:
+        """The report bundle (a dict), or the HTML page (str) or the PDF (bytes)."""
+        params = {"format": format, **({"share": share} if share else {})}
+        response = self._request("GET", f"/v1/vehicles/{vin}/report", params=params)
+        if format == "json":
+            return response.json()
+        return response.text if format == "html" else response.content
+
+    def verify_vehicle_report(self, vin: str, keys: Sequence[str] | None = None, quorum: int | None = None,
+                              share: str | None = None) -> Any:
+        """Fetch a report bundle and check it locally (see :meth:`verify_tx` about ``keys``)."""
+        from blokauto.reports.bundle import verify_bundle
+
+        if keys is None:
+            keys, node_quorum = self.checkpoint_keys()
+            quorum = quorum or node_quorum
+        return verify_bundle(self.vehicle_report(vin, share=share), keys, quorum or 1, origin=self.chain)
+
+    def share_link(self, vin: str, *, valid_ms: int, now_ms: int | None = None) -> str:
+        """An expiring link to the vehicle's full report, signed offline by this client's key (the owner's)."""
+        import time
+
+        from blokauto.reports.share import make_share_token
+
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        token = make_share_token(self._require_key(), self.chain, vin, now + valid_ms)
+        return f"{self.url}/v1/shared/{token}"
+
     # -- authentication -------------------------------------------------------------------------
 
     def login(self) -> str:

@@ -22,6 +22,7 @@ DID_PREFIX = "did:key:z"
 
 DOMAIN_TX = b"blokauto/tx/v1\n"
 DOMAIN_AUTH = b"blokauto/auth/v1\n"
+DOMAIN_SHARE = b"blokauto/share/v1\n"
 
 
 def did_from_public_key(public_key: bytes) -> str:
