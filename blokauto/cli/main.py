@@ -295,15 +295,24 @@ def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     transactions: Annotated[int, typer.Option("--n", help="Transactions to commit.")] = 50_000,
     quick: Annotated[bool, typer.Option(help="A short run (for smoke tests).")] = False,
+    reports: Annotated[bool, typer.Option(help="Also measure vehicle reports on a committed fleet.")] = True,
+    report_vehicles: Annotated[int, typer.Option(help="Vehicles in the reports ledger.")] = 1_000,
+    report_events: Annotated[int, typer.Option(help="Events per vehicle after its registration.")] = 49,
 ) -> None:
-    """Measure committed tx/s through the real path beside same-run baselines."""
+    """Measure committed tx/s through the real path beside same-run baselines, then report speed."""
     from blokauto.bench import run_bench
 
-    results = run_bench(2_000 if quick else transactions, log=None if json_out else err.print)
+    say = None if json_out else err.print
+    results = run_bench(2_000 if quick else transactions, log=say)
+    if reports:
+        from blokauto.bench_reports import run_report_bench
+
+        results["reports"] = run_report_bench(50 if quick else report_vehicles, 9 if quick else report_events,
+                                              samples=40 if quick else 300, log=say)
     if json_out:
         print_json(results)
         return
-    for line in results["lines"]:
+    for line in [*results["lines"], *results.get("reports", {}).get("lines", [])]:
         sys.stdout.write(line + "\n")
 
 
