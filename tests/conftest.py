@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from blokauto.api.app import create_app
@@ -82,3 +86,29 @@ def env(tmp_path: Any) -> Iterator[Env]:
                 demo_node_key(OPERATOR_ORG).signing_key)
     with Node(data_dir) as node, TestClient(create_app(node), raise_server_exceptions=False) as tc:
         yield Env(tc, node)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_node(tmp_path: Any) -> Iterator[str]:
+    data = tmp_path / "node"
+    init_ledger(data, demo_genesis(), OPERATOR_ORG, demo_node_key(OPERATOR_ORG).signing_key)
+    port = free_port()
+    with Node(data) as node:
+        server = uvicorn.Server(uvicorn.Config(create_app(node), host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert server.started, "the node did not start serving"
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(10)

@@ -3,53 +3,20 @@ opens it: from the owner's share link, served by a real node over HTTP."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-import uvicorn
 from playwright.sync_api import sync_playwright
 
-from blokauto.api.app import create_app
 from blokauto.client import Client
-from blokauto.demo import OPERATOR_ORG, demo_admin, demo_genesis, demo_node_key
-from blokauto.node import Node, init_ledger
+from blokauto.demo import demo_admin
 from tests.test_vehicle_api import DEVICE, OWNER, VIN
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DAY = 86_400_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def live_node(tmp_path: Path) -> Iterator[str]:
-    data = tmp_path / "node"
-    init_ledger(data, demo_genesis(), OPERATOR_ORG, demo_node_key(OPERATOR_ORG).signing_key)
-    port = free_port()
-    with Node(data) as node:
-        server = uvicorn.Server(uvicorn.Config(create_app(node), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.time() + 20
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        assert server.started, "the node did not start serving"
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(10)
 
 
 def ok(receipt: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import blokauto.cli.vehicles  # noqa: F401  (registers the vehicle commands on the app)
 from blokauto.cli.main import app as cli_app
 from blokauto.crypto.keys import Signer
 from blokauto.errors import BlokError, VerificationError

@@ -4,15 +4,25 @@ to stderr and exits 1; usage errors exit 2."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from blokauto.cli import vehicles
+from blokauto.cli.common import (
+    DEFAULT_NODE,
+    DataOpt,
+    NodeOpt,
+    PasswordEnv,
+    err,
+    load_signer,
+    out,
+    password_from,
+    print_json,
+)
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import Signer
 from blokauto.crypto.keystore import keystore_info, read_keystore, write_keystore
@@ -22,31 +32,6 @@ app = typer.Typer(help="Blok Auto: the shared, verifiable ledger of every vehicl
                   no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Create and inspect encrypted Ed25519 keystores.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-out = Console(soft_wrap=True, emoji=False, highlight=False)
-err = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
-
-DEFAULT_NODE = "http://127.0.0.1:8080"
-NodeOpt = Annotated[str, typer.Option("--node", envvar="BLOKAUTO_NODE", help="URL of a node's API.")]
-DataOpt = Annotated[Path, typer.Option("--data", help="The node's data directory.")]
-PasswordEnv = Annotated[str, typer.Option(help="Environment variable holding the keystore password.")]
-
-
-def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def password_from(env_name: str, *, confirm: bool = False) -> str:
-    password = os.environ.get(env_name)
-    if password:
-        return password
-    if sys.stdin.isatty():
-        return str(typer.prompt("Keystore password", hide_input=True, confirmation_prompt=confirm))
-    raise InputError(f"no password: set {env_name} or run in a terminal", code="no_password")
-
-
-def load_signer(path: Path, password_env: str) -> Signer:
-    return Signer(read_keystore(path, password_from(password_env)))
-
 
 # -- keys ---------------------------------------------------------------------------------------
 
@@ -84,6 +69,8 @@ def init(
     org: Annotated[str | None, typer.Option(help="With --genesis: the organisation running this node.")] = None,
     node_key: Annotated[Path | None, typer.Option(help="With --genesis: keystore of this node's key.")] = None,
     password_env: PasswordEnv = "BLOKAUTO_PASSWORD",
+    fleet: Annotated[int, typer.Option("--fleet", min=0,
+                                       help="With --demo: sample vehicles with a history (0: none).")] = 300,
 ) -> None:
     """Create a ledger in DATA: block 0 from a genesis document (or the demo consortium)."""
     from blokauto import demo as demo_mod
@@ -95,7 +82,7 @@ def init(
         doc = demo_mod.demo_genesis()
         init_ledger(data, doc, demo_mod.OPERATOR_ORG, demo_mod.demo_node_key(demo_mod.OPERATOR_ORG).signing_key)
         demo_mod.write_demo_keystores(data / "keys")
-        seeded = demo_mod.seed_demo(data)
+        seeded = demo_mod.seed_demo(data, fleet=fleet)
         out.print(f"[green]demo ledger created[/] in {data}: {len(doc['orgs'])} organisations, "
                   f"{seeded} sample transactions, keystores in {data / 'keys'} (password '{demo_mod.DEMO_PASSWORD}')")
         return
@@ -316,9 +303,10 @@ def bench(
         sys.stdout.write(line + "\n")
 
 
-def main() -> None:
-    import blokauto.cli.vehicles  # noqa: F401  (registers the vehicle commands)
+vehicles.register(app)
 
+
+def main() -> None:
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

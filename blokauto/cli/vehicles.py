@@ -9,16 +9,7 @@ from typing import Annotated
 
 import typer
 
-from blokauto.cli.main import (
-    DEFAULT_NODE,
-    NodeOpt,
-    PasswordEnv,
-    app,
-    err,
-    load_signer,
-    out,
-    print_json,
-)
+from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json
 from blokauto.errors import InputError
 from blokauto.vin import normalise_vin, parse_vin
 
@@ -32,7 +23,6 @@ def _vin(text: str) -> str:
     return vin
 
 
-@app.command("vin-check")
 def vin_check(vin: str, node: NodeOpt = DEFAULT_NODE) -> None:
     """The public VIN check: registered, stolen, odometer consistent or flagged, accidents."""
     from blokauto.client import Client
@@ -41,7 +31,6 @@ def vin_check(vin: str, node: NodeOpt = DEFAULT_NODE) -> None:
         print_json(client.vehicle_summary(_vin(vin)))
 
 
-@app.command()
 def vehicles(
     node: NodeOpt = DEFAULT_NODE,
     key: KeyOpt = None,
@@ -65,7 +54,6 @@ def vehicles(
         print_json(client.vehicles(after=after, limit=limit, **filters))
 
 
-@app.command()
 def report(
     vin: str,
     node: NodeOpt = DEFAULT_NODE,
@@ -104,7 +92,6 @@ def report(
         err.print(f"report written to {out_file}")
 
 
-@app.command("check-report")
 def check_report(
     bundle_file: Path,
     keys: Annotated[Path | None, typer.Option(help="Trusted checkpoint keys, one per line (GET /v1/checkpoint/keys). "
@@ -150,7 +137,6 @@ def check_report(
               f"rollback attempt(s)); report hash {verified.report_hash}")
 
 
-@app.command()
 def share(
     vin: str,
     key: Annotated[Path, typer.Option(help="The owner's keystore.")],
@@ -163,3 +149,9 @@ def share(
 
     with Client(node, load_signer(key, password_env)) as client:
         sys.stdout.write(client.share_link(_vin(vin), valid_ms=days * DAY_MS) + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    for name, command in (("vin-check", vin_check), ("vehicles", vehicles), ("report", report),
+                          ("check-report", check_report), ("share", share)):
+        app.command(name)(command)
