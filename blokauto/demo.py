@@ -75,8 +75,9 @@ def write_demo_keystores(directory: Path) -> list[Path]:
     return paths
 
 
-def seed_demo(data_dir: Path) -> int:
-    """A little life in the demo ledger: every organisation admits a member key and anchors a document.
+def seed_demo(data_dir: Path, fleet: int = 0) -> int:
+    """A little life in the demo ledger: every organisation admits a member key and anchors a document;
+    with ``fleet`` > 0, that many sample vehicles with their histories (:mod:`blokauto.demo_fleet`).
 
     Returns the number of transactions committed.
     """
@@ -101,4 +102,10 @@ def seed_demo(data_dir: Path) -> int:
                 "digest": hashlib.sha256(document).hexdigest(), "kind": "sample", "label": f"sample {n}"})))
         for f in futures:
             f.result(timeout=60)
-        return 2 * len(DEMO_ORGS)
+        total = 2 * len(DEMO_ORGS)
+        if fleet > 0:
+            from blokauto.demo_fleet import seed_fleet
+
+            summary = seed_fleet(node, vehicles=fleet)
+            total += summary.accepted + summary.rejected
+        return total

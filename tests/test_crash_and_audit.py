@@ -69,7 +69,7 @@ class Server:
 @pytest.fixture
 def demo_data(tmp_path: Path) -> Path:
     data = tmp_path / "node"
-    cli("init", "--data", str(data), "--demo")
+    cli("init", "--data", str(data), "--demo", "--fleet", "20")
     return data
 
 
