@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jinja2
 import segno
@@ -129,30 +129,39 @@ def _nice_step(raw: float) -> int:
 
 
 def _km_axis(max_km: int) -> tuple[int, int]:
-    """(axis top, tick step) with four or five ticks and some headroom above the highest reading."""
+    """(axis top, tick step): five or six gridlines, the top one just above the highest reading."""
     top = max(max_km, 1000)
-    step = _nice_step(top / 4)
+    step = _nice_step(top / 5)
     ticks = -(-top // step)
     if ticks * step == top:  # a reading exactly on the top line would sit on the frame
         ticks += 1
     return ticks * step, step
 
 
-def _segments(accepted: list[dict[str, Any]], replaced_at: list[int]) -> list[list[dict[str, Any]]]:
+def _epoch(reading: dict[str, Any], replacements: list[dict[str, Any]]) -> int:
+    """How many cluster replacements precede the reading. At a replacement's own instant the old cluster's final
+    figure comes before it and any other figure after it, whatever order the view lists them in."""
+    at = reading["at_ms"]
+    return sum(1 for c in replacements if c["at_ms"] < at or (c["at_ms"] == at and reading["km"] != c["old_km"]))
+
+
+def _in_order(readings: list[dict[str, Any]], replacements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(readings, key=lambda r: (r["at_ms"], _epoch(r, replacements)))
+
+
+def _segments(accepted: list[dict[str, Any]], replacements: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Split the accepted readings where the odometer legitimately restarted.
 
     A cluster replacement starts a new count, so the line must break there instead of drawing a plunge that
-    looks like a rollback. Accepted readings can only go down after a replacement (rollbacks are refused by
-    the ledger), so a drop also starts a new segment even if the replacement is missing from the view.
+    looks like a rollback (or a leap, for a used cluster that reads higher). A reading belongs after a
+    replacement if it is later, or at the same instant and is not the old cluster's final figure (the view
+    lists the old and new figures at the replacement's time). Accepted readings can only go down after a
+    replacement (rollbacks are refused), so a drop also starts a new segment even if the record is missing.
     """
     segments: list[list[dict[str, Any]]] = []
     prev: dict[str, Any] | None = None
     for r in accepted:
-        if (
-            prev is None
-            or r["km"] < prev["km"]
-            or any(prev["at_ms"] < t <= r["at_ms"] for t in replaced_at)
-        ):
+        if prev is None or r["km"] < prev["km"] or _epoch(r, replacements) != _epoch(prev, replacements):
             segments.append([])
         segments[-1].append(r)
         prev = r
@@ -167,8 +176,9 @@ def _svg_text(x: float, y: float, text: str, *, size: int = 10, anchor: str = "s
     )
 
 
-def _marker(kind: str, x: float, y: float, tip: str) -> str:
-    """One reading's mark: each kind differs in shape as well as colour so it survives greyscale printing."""
+def _marker(kind: str, x: float, y: float, tip: str, dot: float = 3.0) -> str:
+    """One reading's mark: each kind differs in shape as well as colour so it survives greyscale printing.
+    ``dot`` is the radius of an ordinary reading, smaller when readings are dense so the line stays visible."""
     title = f"<title>{escape(tip)}</title>"
     if kind == "rejected":
         d = 4.5
@@ -186,34 +196,58 @@ def _marker(kind: str, x: float, y: float, tip: str) -> str:
             f'fill="{_FLAG}" stroke="#ffffff" stroke-width="1"/>'
         )
     else:
-        shape = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{_LINE}" stroke="#ffffff" stroke-width="1"/>'
+        ring = 'stroke="#ffffff" stroke-width="1"' if dot >= 2.5 else 'stroke="none"'  # a ring on a dense line dots it
+        shape = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{dot:.1f}" fill="{_LINE}" {ring}/>'
     return f'<g class="pt {kind}">{title}{shape}</g>'
 
 
-def _legend(items: list[tuple[str, str]], right: float, y: float) -> str:
-    """Right-aligned legend row; widths are estimated (no font metrics without a browser), generously."""
-    widths = [22 + 6.0 * len(text) for _, text in items]
-    x = right - sum(widths)
+_LEGEND_ROW = 14.0
+
+
+def _legend_width(text: str) -> float:
+    """Estimated width of one legend item (no font metrics without a browser), on the generous side."""
+    return 22 + 6.0 * len(text)
+
+
+def _legend_rows(items: list[tuple[str, str]], available: float) -> list[list[tuple[str, str]]]:
+    """Items in as few rows as fit the width: a narrow (phone) chart gets a two-row legend, not an overlap."""
+    rows: list[list[tuple[str, str]]] = [[]]
+    used = 0.0
+    for item in items:
+        w = _legend_width(item[1])
+        if rows[-1] and used + w > available:
+            rows.append([])
+            used = 0.0
+        rows[-1].append(item)
+        used += w
+    return rows
+
+
+def _legend(rows: list[list[tuple[str, str]]], right: float, y0: float) -> str:
+    """Right-aligned legend rows, each symbol drawn like its mark on the chart."""
     out: list[str] = []
-    for (kind, text), w in zip(items, widths, strict=True):
-        cx = x + 6
-        if kind == "line":
-            out.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{x + 12:.1f}" y2="{y:.1f}" stroke="{_LINE}" '
-                       f'stroke-width="2"/>')
-            out.append(f'<circle cx="{cx:.1f}" cy="{y:.1f}" r="3" fill="{_LINE}"/>')
-        elif kind == "flagged":
-            out.append(f'<polygon points="{cx:.1f},{y - 4.5:.1f} {cx + 4.5:.1f},{y:.1f} {cx:.1f},{y + 4.5:.1f} '
-                       f'{cx - 4.5:.1f},{y:.1f}" fill="{_FLAG}"/>')
-        elif kind == "rejected":
-            out.append(f'<line x1="{cx - 3.5:.1f}" y1="{y - 3.5:.1f}" x2="{cx + 3.5:.1f}" y2="{y + 3.5:.1f}" '
-                       f'stroke="{_REJECT}" stroke-width="1.8"/>')
-            out.append(f'<line x1="{cx - 3.5:.1f}" y1="{y + 3.5:.1f}" x2="{cx + 3.5:.1f}" y2="{y - 3.5:.1f}" '
-                       f'stroke="{_REJECT}" stroke-width="1.8"/>')
-        else:
-            out.append(f'<line x1="{cx:.1f}" y1="{y - 6:.1f}" x2="{cx:.1f}" y2="{y + 6:.1f}" stroke="{_CLUSTER}" '
-                       f'stroke-width="1.5" stroke-dasharray="3 2"/>')
-        out.append(_svg_text(x + 17, y + 3.5, text, size=10))
-        x += w
+    for i, row in enumerate(rows):
+        y = y0 + i * _LEGEND_ROW
+        x = right - sum(_legend_width(text) for _, text in row)
+        for kind, text in row:
+            cx = x + 6
+            if kind == "line":
+                out.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{x + 12:.1f}" y2="{y:.1f}" stroke="{_LINE}" '
+                           f'stroke-width="2"/>')
+                out.append(f'<circle cx="{cx:.1f}" cy="{y:.1f}" r="3" fill="{_LINE}"/>')
+            elif kind == "flagged":
+                out.append(f'<polygon points="{cx:.1f},{y - 4.5:.1f} {cx + 4.5:.1f},{y:.1f} {cx:.1f},{y + 4.5:.1f} '
+                           f'{cx - 4.5:.1f},{y:.1f}" fill="{_FLAG}"/>')
+            elif kind == "rejected":
+                out.append(f'<line x1="{cx - 3.5:.1f}" y1="{y - 3.5:.1f}" x2="{cx + 3.5:.1f}" y2="{y + 3.5:.1f}" '
+                           f'stroke="{_REJECT}" stroke-width="1.8"/>')
+                out.append(f'<line x1="{cx - 3.5:.1f}" y1="{y + 3.5:.1f}" x2="{cx + 3.5:.1f}" y2="{y - 3.5:.1f}" '
+                           f'stroke="{_REJECT}" stroke-width="1.8"/>')
+            else:
+                out.append(f'<line x1="{cx:.1f}" y1="{y - 6:.1f}" x2="{cx:.1f}" y2="{y + 6:.1f}" '
+                           f'stroke="{_CLUSTER}" stroke-width="1.5" stroke-dasharray="3 2"/>')
+            out.append(_svg_text(x + 17, y + 3.5, text, size=10))
+            x += _legend_width(text)
     return "".join(out)
 
 
@@ -232,7 +266,17 @@ def odometer_chart_svg(
     …">`` so the number of marks equals the number of readings. Plain SVG so that WeasyPrint draws it too.
     """
     replacements = cluster_replacements or []
-    left, right, top, bottom = 62.0, 14.0, 28.0, 26.0
+    points = _in_order(readings, replacements)
+    legend: list[tuple[str, str]] = [("line", "Reading")]
+    if any(r["flagged"] and not r["rejected"] for r in points):
+        legend.append(("flagged", "Flagged"))
+    if any(r["rejected"] for r in points):
+        legend.append(("rejected", "Refused rollback"))
+    if replacements:
+        legend.append(("cluster", "Cluster replaced"))
+    left, right, bottom = 62.0, 14.0, 26.0
+    legend_rows = _legend_rows(legend, width - right - 30)  # 30: room for the "km" unit at the top left
+    top = 28.0 + _LEGEND_ROW * (len(legend_rows) - 1)
     plot_w, plot_h = width - left - right, height - top - bottom
     x_end, y_base = left + plot_w, top + plot_h
     out = [
@@ -240,7 +284,6 @@ def odometer_chart_svg(
         f'height="{height}" class="odometer-chart" role="img" aria-label="Odometer readings over time">',
         "<title>Odometer readings over time</title>",
     ]
-    points = sorted(readings, key=lambda r: r["at_ms"])
     if not points:
         out.append(f'<rect x="{left:.1f}" y="{top:.1f}" width="{plot_w:.1f}" height="{plot_h:.1f}" fill="#f8fafc" '
                    f'stroke="{_GRID}"/>')
@@ -269,7 +312,8 @@ def odometer_chart_svg(
         out.append(_svg_text(left - 6, y + 3.5, f"{km:,}", anchor="end"))
     out.append(_svg_text(left - 6, top - 12, "km", anchor="end", fill=_INK, weight="bold"))
     span = last_year - first_year
-    label_every = next(k for k in (1, 2, 5, 10, 20, 50, 100, 1000) if span / k <= 10)
+    max_labels = min(10.0, plot_w / 40)  # a year label is ~25 px wide at 10 px type: keep them apart
+    label_every = next((k for k in (1, 2, 5, 10, 20, 50, 100) if span / k <= max_labels), 1000)
     for year in range(first_year, last_year + 1):
         if span > 30 and year % label_every:
             continue
@@ -294,7 +338,7 @@ def odometer_chart_svg(
 
     # The line: one polyline (with a faint area under it) per segment of accepted readings.
     accepted = [r for r in points if not r["rejected"]]
-    for seg in _segments(accepted, sorted(c["at_ms"] for c in replacements)):
+    for seg in _segments(accepted, replacements):
         coords = " ".join(f"{px(r['at_ms']):.1f},{py(r['km']):.1f}" for r in seg)
         if len(seg) > 1:
             area = f"{coords} {px(seg[-1]['at_ms']):.1f},{y_base:.1f} {px(seg[0]['at_ms']):.1f},{y_base:.1f}"
@@ -305,21 +349,15 @@ def odometer_chart_svg(
     # Marks last, so that they sit above lines: normal, then flagged, then refused on top of all.
     order = {"ok": 0, "flagged": 1, "rejected": 2}
     marks: list[tuple[int, str]] = []
+    dot = max(1.2, min(3.0, plot_w / len(points) / 2))
     for r in points:
         kind = "rejected" if r["rejected"] else "flagged" if r["flagged"] else "ok"
         what = {"ok": "", "flagged": " (flagged)", "rejected": " (refused: rollback attempt)"}[kind]
         tip = f"{fmt_date(r['at_ms'])}: {fmt_km(r['km'])}, {r['source']}{what}"
-        marks.append((order[kind], _marker(kind, px(r["at_ms"]), py(r["km"]), tip)))
+        marks.append((order[kind], _marker(kind, px(r["at_ms"]), py(r["km"]), tip, dot)))
     out.extend(m for _, m in sorted(marks, key=lambda m: m[0]))
 
-    legend: list[tuple[str, str]] = [("line", "Reading")]
-    if any(r["flagged"] and not r["rejected"] for r in points):
-        legend.append(("flagged", "Flagged"))
-    if any(r["rejected"] for r in points):
-        legend.append(("rejected", "Refused rollback"))
-    if replacements:
-        legend.append(("cluster", "Cluster replaced"))
-    out.append(_legend(legend, x_end, 10))
+    out.append(_legend(legend_rows, x_end, 10))
     out.append("</svg>")
     return "".join(out)
 
@@ -365,12 +403,26 @@ def _env() -> jinja2.Environment:
         "years": fmt_years,
         "kwh": fmt_kwh,
         "humanize": humanize,
+        "or_dash": lambda v: "—" if v is None or v == "" else v,
         "status_label": lambda v: label(v, STATUS_LABELS),
         "brand_label": lambda v: label(v, BRAND_LABELS),
         "powertrain_label": lambda v: label(v, POWERTRAIN_LABELS),
     }
     env.filters.update(filters)
     return env
+
+
+def _reading_rows(readings: list[dict[str, Any]], replacements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Readings in date order, each with the note its table row shows (and styles itself by)."""
+    old = {(c["at_ms"], c["old_km"]) for c in replacements}
+    new = {(c["at_ms"], c["new_km"]) for c in replacements}
+    rows = []
+    for r in _in_order(readings, replacements):
+        key = (r["at_ms"], r["km"])
+        note = ("refused" if r["rejected"] else "flagged" if r["flagged"] else "cluster-new" if key in new
+                else "cluster-old" if key in old else "")
+        rows.append({**r, "note": note})
+    return rows
 
 
 def _count(items: Iterable[Any]) -> int:
@@ -398,15 +450,18 @@ def _context(view: dict[str, Any]) -> dict[str, Any]:
     return {
         "v": view,
         "chart": Markup(odometer_chart_svg(odo["readings"], cluster_replacements=odo["cluster_replacements"])),
+        # Phones get their own proportions rather than the A4 chart shrunk until its labels are unreadable.
+        "chart_narrow": Markup(odometer_chart_svg(odo["readings"], 360, 260,
+                                                  cluster_replacements=odo["cluster_replacements"])),
         "qr": Markup(qr_svg(QR_PREFIX + report_hash)),
         "qr_text": QR_PREFIX + report_hash,
+        "readings": _reading_rows(odo["readings"], odo["cluster_replacements"]),
         "owner_bar": owner_bar,
         "history": history,
         "open_recalls": open_recalls,
         "other_recalls": other_recalls,
         "active_liens": _count(li for li in view["liens"] if li["released_ms"] is None),
         "airbag_accidents": _count(a for a in view["accidents"] if a["airbags_deployed"]),
-        "failed_inspections": _count(i for i in view["inspections"] if not i["passed"]),
         "as_of_ms": max(event_times) if event_times else None,
         "status_ok": view["status"] == "active",
     }
@@ -417,7 +472,7 @@ def render_html(view: dict[str, Any]) -> str:
     return _env().get_template("report.html").render(_context(view))
 
 
-def _refuse_fetch(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+def _refuse_fetch(url: str, *args: Any, **kwargs: Any) -> NoReturn:
     """Fetcher for WeasyPrint releases before ``URLFetcher`` objects (< 66): a plain callable."""
     raise ValueError(f"external resource refused: {url[:80]}")
 
