@@ -4,7 +4,9 @@ The decoding itself is ``vininfo``'s (a maintained WMI table); here are only the
 ledger enforces on top: the exact canonical spelling (17 upper-case characters, no I, O, Q) and
 the check digit in position 9 where the region makes it mandatory (North America, under
 49 CFR 565, and China, under GB 16735). Contracts call :func:`parse_vin`, so the result must
-be deterministic for a given ``vininfo`` version, which the project pins.
+be deterministic for a given ``vininfo`` version, which the project pins. The model years of
+position 10 come from a fixed table here, not from ``vininfo`` (whose list depends on today's
+date, so two nodes, or one node replaying old blocks, could disagree).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from blokauto.errors import InputError
 VIN_PATTERN = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
 # First WMI character: 1-5 North America, L China.
 CHECK_DIGIT_REGIONS = frozenset("12345L")
+# Position 10 (ISO 3779 / 49 CFR 565.15): the model year, a 30-year cycle from 1980.
+MODEL_YEAR_CODES = "ABCDEFGHJKLMNPRSTVWXY123456789"
+LAST_MODEL_YEAR = 2100      # the latest year a registration may name
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +61,20 @@ def parse_vin(vin: str) -> VinInfo:
     maker = str(decoded.manufacturer or "")
     if not maker or maker == "UnsupportedBrand":
         maker = "Unknown"
-    try:
-        years = tuple(int(y) for y in (decoded.years or ()))
-    except (TypeError, ValueError):
-        years = ()
     return VinInfo(
         vin=vin, wmi=vin[:3], maker=maker, country=str(decoded.country or "Unknown"),
         region=str(decoded.region or "Unknown"), check_digit_required=required, check_digit_ok=check_ok,
-        model_years=years if required else (),
+        model_years=model_years(vin[9]) if required else (),
     )
+
+
+def model_years(code: str) -> tuple[int, ...]:
+    """The years a position-10 code may stand for, newest first; empty for a character that is no
+    year code. A fixed table (never today's date): the ledger's own rules bound the year by block time."""
+    index = MODEL_YEAR_CODES.find(code)
+    if len(code) != 1 or index < 0:
+        return ()
+    return tuple(range(1980 + index, LAST_MODEL_YEAR + 1, len(MODEL_YEAR_CODES)))[::-1]
 
 
 def check_digit(vin: str) -> str:

@@ -348,6 +348,9 @@ def accept(ctx: Context, p: Accept) -> None:
     require(ctx.signer == pending["buyer"], "not_buyer", "only the buyer named in the offer may accept it")
     require(ctx.time_ms <= pending["expires_ms"], "offer_expired", "the offer has expired")
     require_transferable(record)
+    # the status may have changed since the offer (exported): the same rule as title.offer
+    require(record["status"] in ("active", "total_loss"), "bad_status",
+            f"a vehicle with status {record['status']} cannot change hands")
     if get_policy(ctx, "title.registry_cosign", False):
         registry_signed = any(
             (m := ctx.member_of(did)) is not None and "registry" in m["roles"] for did in ctx.cosigners)
