@@ -55,9 +55,12 @@ def parse_vin(vin: str) -> VinInfo:
     except VinValidationError as exc:
         raise InputError(f"invalid VIN: {exc}", code="bad_vin") from None
     required = vin[0] in CHECK_DIGIT_REGIONS
-    check_ok = bool(decoded.verify_checksum(check_year=False))
+    check_ok = check_digit(vin) == vin[8]     # our own rule: vininfo may switch it off per brand
     if required and not check_ok:
-        raise InputError(f"VIN check digit (position 9) is wrong: {vin[8]!r} does not match", code="bad_vin")
+        raise InputError(f"VIN check digit (position 9) is wrong: {vin[8]!r}, expected {check_digit(vin)!r}",
+                         code="bad_vin")
+    if required and not model_years(vin[9]):
+        raise InputError(f"VIN position 10 ({vin[9]!r}) is not a model-year code", code="bad_vin")
     maker = str(decoded.manufacturer or "")
     if not maker or maker == "UnsupportedBrand":
         maker = "Unknown"

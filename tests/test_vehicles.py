@@ -301,7 +301,8 @@ def test_first_sale_needs_the_buyers_cosignature(world: World) -> None:
     world.rejected(DEALER, "title.first_sale", sale, "signature_missing")
     world.rejected(DEALER, "title.first_sale", sale, "signature_missing", cosigners=[OWNER2])
     world.refused(WORKSHOP, "title.first_sale", sale, "forbidden", status=403, cosigners=[OWNER1])
-    world.rejected(OWNER1, "title.offer", {"vin": BMW_VIN, "buyer": OWNER2.did}, "no_owner")
+    # before the sale OWNER1 is nobody to this vehicle: refused at admission, never a leaf
+    world.refused(OWNER1, "title.offer", {"vin": BMW_VIN, "buyer": OWNER2.did}, "forbidden", status=403)
 
     receipt = world.ok(DEALER, "title.first_sale", sale, cosigners=[OWNER1])
     event = vehicle_event(receipt)
@@ -317,9 +318,10 @@ def test_first_sale_needs_the_buyers_cosignature(world: World) -> None:
 def test_offer_and_accept_between_owners(world: World) -> None:
     world.register()
     world.sell(owner=OWNER1)
-    world.rejected(OWNER2, "title.offer", {"vin": BMW_VIN, "buyer": OWNER3.did}, "not_owner")
+    world.refused(OWNER2, "title.offer", {"vin": BMW_VIN, "buyer": OWNER3.did}, "forbidden", status=403)
     world.rejected(OWNER1, "title.offer", {"vin": BMW_VIN, "buyer": OWNER1.did}, "bad_buyer")
-    world.rejected(OWNER2, "title.accept", {"vin": BMW_VIN}, "no_offer")
+    world.refused(OWNER2, "title.accept", {"vin": BMW_VIN}, "forbidden", status=403)
+    world.rejected(OWNER1, "title.accept", {"vin": BMW_VIN}, "no_offer")
 
     offer = world.ok(OWNER1, "title.offer", {"vin": BMW_VIN, "buyer": OWNER2.did})
     event = vehicle_event(offer)
@@ -329,8 +331,9 @@ def test_offer_and_accept_between_owners(world: World) -> None:
     assert record is not None
     assert record["offer"] == {"buyer": OWNER2.did, "expires_ms": event["expires_ms"], "tx": offer["tx"]}
 
-    world.rejected(OWNER3, "title.accept", {"vin": BMW_VIN}, "not_buyer")
+    world.refused(OWNER3, "title.accept", {"vin": BMW_VIN}, "forbidden", status=403)
     world.rejected(OWNER1, "title.accept", {"vin": BMW_VIN}, "not_buyer")
+    world.rejected(OWNER2, "title.accept", {"vin": BMW_VIN, "offer": "0" * 64}, "stale_offer")
     accept = world.ok(OWNER2, "title.accept", {"vin": BMW_VIN})
     event = vehicle_event(accept)
     assert (event["kind"], event["owner"], event["previous_owner"], event["offer"]) == (
@@ -340,14 +343,14 @@ def test_offer_and_accept_between_owners(world: World) -> None:
     assert (record["owner"], record["owners"], record["offer"], record["owner_since_ms"]) == (
         OWNER2.did, 2, None, event["at_ms"])
     world.rejected(OWNER2, "title.accept", {"vin": BMW_VIN}, "no_offer")        # no second accept
-    world.rejected(OWNER1, "title.offer", {"vin": BMW_VIN, "buyer": OWNER3.did}, "not_owner")  # the seller
+    world.refused(OWNER1, "title.offer", {"vin": BMW_VIN, "buyer": OWNER3.did}, "forbidden", status=403)  # seller
 
     # an offer the owner withdraws cannot be accepted
     world.ok(OWNER2, "title.offer", {"vin": BMW_VIN, "buyer": OWNER3.did})
-    world.rejected(OWNER3, "title.cancel_offer", {"vin": BMW_VIN}, "not_owner")
+    world.rejected(OWNER3, "title.cancel_offer", {"vin": BMW_VIN}, "not_owner")   # the named buyer is admitted
     cancelled = world.ok(OWNER2, "title.cancel_offer", {"vin": BMW_VIN})
     assert vehicle_event(cancelled)["kind"] == "offer_cancelled"
-    world.rejected(OWNER3, "title.accept", {"vin": BMW_VIN}, "no_offer")
+    world.refused(OWNER3, "title.accept", {"vin": BMW_VIN}, "forbidden", status=403)   # nobody to it any more
     world.rejected(OWNER2, "title.cancel_offer", {"vin": BMW_VIN}, "no_offer")
 
 
@@ -537,12 +540,12 @@ def test_readings_by_the_device_or_a_workshop_only(world: World) -> None:
     event = vehicle_event(world.ok(DEVICE, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 100}))
     assert (event["source"], event["org"], event["odometer_km"]) == ("device", None, 100)
 
-    world.rejected(STRANGER, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 200}, "not_device")
-    world.rejected(DEVICE2, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 200}, "not_device")
-    world.rejected(INSURER, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 200}, "not_device")
-    stored = world.reader.tx(world.rejected(STRANGER, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 300},
+    # a forged device signature (another key) never reaches the log; a member without the role is a leaf
+    world.refused(STRANGER, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 200}, "forbidden", status=403)
+    world.refused(DEVICE2, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 200}, "forbidden", status=403)
+    stored = world.reader.tx(world.rejected(INSURER, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 200},
                                             "not_device")["tx"])
-    assert stored["transaction"]["body"]["signer"] == STRANGER.did
+    assert stored["transaction"]["body"]["signer"] == INSURER.did
 
     event = vehicle_event(world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 200}))
     assert (event["source"], event["org"]) == ("workshop", "werkstatt-berg")
@@ -583,9 +586,13 @@ def test_event_dates_keep_the_order(world: World) -> None:
     service = {"vin": BMW_VIN, "odometer_km": 2_000, "operations": ["inspection service"]}
     entered_late = world.ok(WORKSHOP, "vehicle.service", {**service, "at_ms": now - 10 * DAY_MS})
     assert vehicle_event(entered_late)["at_ms"] == now - 10 * DAY_MS
+    # entered late (up to 90 days): allowed, but it may not read more than the later reading
     world.rejected(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 2_100, "at_ms": now - 20 * DAY_MS},
-                   "out_of_order")
-    world.rejected(WORKSHOP, "vehicle.service", {**service, "at_ms": now - 10 * DAY_MS - 1}, "out_of_order")
+                   "odometer_inconsistent")
+    late = world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 1_500, "at_ms": now - 20 * DAY_MS})
+    assert vehicle_event(late)["late"] is True
+    assert world.record(BMW_VIN)["odometer_km"] == 2_000                    # the later reading stands
+    world.rejected(WORKSHOP, "vehicle.service", {**service, "at_ms": now - 31 * DAY_MS}, "out_of_order")  # pre-birth
     world.rejected(WORKSHOP, "vehicle.service", {**service, "at_ms": world.clock.now_ms() + HOUR_MS}, "future_time")
     world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 2_000, "at_ms": now - 10 * DAY_MS})
     record = world.record(BMW_VIN)
@@ -666,6 +673,9 @@ def test_destroyed_vehicle_takes_only_recycling_records(world: World) -> None:
     world.rejected(RECYCLER, "vehicle.recycling", {"vin": BMW_VIN, "materials": ["steel"]}, "not_destroyed")
     world.refused(WORKSHOP, "vehicle.destroyed", {"vin": BMW_VIN, "certificate": certificate}, "forbidden",
                   status=403)
+    world.rejected(RECYCLER, "vehicle.destroyed", {"vin": BMW_VIN, "certificate": certificate, "odometer_km": 2_050},
+                   "lien_active")
+    world.ok(LENDER, "lien.release", {"vin": BMW_VIN, "lien": lien["tx"]})   # the loan is settled first
     world.rejected(RECYCLER, "vehicle.destroyed", {"vin": BMW_VIN, "certificate": certificate, "odometer_km": 1_999},
                    "odometer_rollback")
 
@@ -680,14 +690,13 @@ def test_destroyed_vehicle_takes_only_recycling_records(world: World) -> None:
                    "vehicle_destroyed")
     world.rejected(DEVICE, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 2_100}, "vehicle_destroyed")
     world.rejected(OWNER1, "title.offer", {"vin": BMW_VIN, "buyer": OWNER2.did}, "vehicle_destroyed")
-    world.rejected(OWNER2, "title.accept", {"vin": BMW_VIN}, "vehicle_destroyed")
+    world.refused(OWNER2, "title.accept", {"vin": BMW_VIN}, "forbidden", status=403)   # the offer died with it
     world.rejected(REGISTRY, "vehicle.stolen", {"vin": BMW_VIN}, "vehicle_destroyed")
     world.rejected(RECYCLER, "vehicle.destroyed", {"vin": BMW_VIN, "certificate": certificate}, "vehicle_destroyed")
 
     recycled = vehicle_event(world.ok(RECYCLER, "vehicle.recycling", {
         "vin": BMW_VIN, "materials": ["steel", "aluminium", "li_ion_cells"], "certificate": digest("recycling 1")}))
     assert (recycled["kind"], recycled["materials"]) == ("recycled", ["steel", "aluminium", "li_ion_cells"])
-    world.ok(LENDER, "lien.release", {"vin": BMW_VIN, "lien": lien["tx"]})   # the loan is settled afterwards
     record = world.record(BMW_VIN)
     assert record is not None and (record["status"], record["liens"]) == ("destroyed", [])
 
@@ -696,18 +705,20 @@ def test_events_for_an_unknown_vehicle(world: World) -> None:
     vin = UNKNOWN_VIN
     attempts: list[tuple[Signer, str, dict[str, Any], list[Signer]]] = [
         (DEALER, "title.first_sale", {"owner": OWNER1.did, "odometer_km": 0}, [OWNER1]),
-        (OWNER1, "title.offer", {"buyer": OWNER2.did}, []),
-        (OWNER2, "title.accept", {}, []),
         (LENDER, "lien.record", {}, [OWNER1]),
         (REGISTRY, "vehicle.stolen", {}, []),
         (INSURER, "vehicle.total_loss", {}, []),
         (RECYCLER, "vehicle.destroyed", {"certificate": digest("cod")}, []),
         (WORKSHOP, "vehicle.service", {"odometer_km": 1, "operations": ["x"]}, []),
-        (DEVICE, "vehicle.odometer", {"odometer_km": 1}, []),
+        (WORKSHOP, "vehicle.odometer", {"odometer_km": 1}, []),
         (WORKSHOP, "vehicle.cluster_replaced", {"old_km": 2, "new_km": 1}, []),
     ]
     for key, tx_type, fields, cosigners in attempts:
         world.rejected(key, tx_type, {"vin": vin, **fields}, "unknown_vehicle", cosigners=cosigners)
+    # keys that are nobody's cannot write about an unregistered vehicle at all
+    world.refused(OWNER1, "title.offer", {"vin": vin, "buyer": OWNER2.did}, "forbidden", status=403)
+    world.refused(OWNER2, "title.accept", {"vin": vin}, "forbidden", status=403)
+    world.refused(DEVICE, "vehicle.odometer", {"vin": vin, "odometer_km": 1}, "forbidden", status=403)
     assert world.record(vin) is None
 
 
@@ -720,7 +731,7 @@ def test_subject_index_lists_every_leaf_naming_the_vin(world: World) -> None:
     world.rejected(MAKER, "vehicle.register", registration(BMW_VIN, OWNER3), "vin_registered")
     world.sell(BMW_VIN, OWNER1)
     world.ok(DEVICE2, "vehicle.odometer", {"vin": HONDA_VIN, "odometer_km": 40})
-    world.rejected(STRANGER, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 60}, "not_device")
+    world.rejected(INSURER, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 60}, "not_device")
     world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 50})
     world.rejected(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 49}, "odometer_rollback")
     world.ok(MAKER, "notary.anchor", {"digest": digest("build sheet"), "kind": "build_sheet"})   # names no VIN
@@ -787,11 +798,11 @@ def test_odometer_is_the_highest_accepted_reading() -> None:
         def check(start: int, readings: list[tuple[bool, int]]) -> None:
             n = next(serial)
             vin, device = f"WBA00000{n:09d}", Signer.deterministic(f"tests/property/device{n}")
-            txs = [(MAKER, "vehicle.register", registration(vin, device, odometer_km=start))]
-            txs += [(device if by_device else WORKSHOP, "vehicle.odometer", {"vin": vin, "odometer_km": km})
+            assert submitter.run([(MAKER, "vehicle.register", registration(vin, device, odometer_km=start))])[0][
+                "status"] == "ok"
+            txs = [(device if by_device else WORKSHOP, "vehicle.odometer", {"vin": vin, "odometer_km": km})
                     for by_device, km in readings]
-            receipts = submitter.run(txs)
-            assert receipts[0]["status"] == "ok", receipts[0]
+            receipts = [{"status": "ok"}, *submitter.run(txs)]
             highest, accepted = start, 0
             for (_, km), receipt in zip(readings, receipts[1:], strict=True):
                 if km < highest:
@@ -805,3 +816,55 @@ def test_odometer_is_the_highest_accepted_reading() -> None:
             assert record["events"] == 1 + accepted
 
         check()
+
+
+# -- corrections and status paths added after review ------------------------------------------------
+
+
+def test_registry_corrects_a_mistyped_reading_and_the_record_stays_flagged(world: World) -> None:
+    world.register()
+    world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 15_000})
+    world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 150_000})   # one digit too many
+    world.rejected(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 15_500}, "odometer_rollback")
+    world.refused(WORKSHOP, "vehicle.odometer_corrected",
+                  {"vin": BMW_VIN, "odometer_km": 15_000, "reason": "typo"}, "forbidden", status=403)
+    world.rejected(REGISTRY, "vehicle.odometer_corrected",
+                   {"vin": BMW_VIN, "odometer_km": 160_000, "reason": "typo"}, "bad_correction")
+    event = vehicle_event(world.ok(REGISTRY, "vehicle.odometer_corrected",
+                                   {"vin": BMW_VIN, "odometer_km": 15_000, "reason": "service desk typo"}))
+    assert (event["replaced_km"], event["odometer_km"], event["flagged"]) == (150_000, 15_000, True)
+    world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 15_500})
+    record = world.record(BMW_VIN)
+    assert record["odometer_km"] == 15_500 and record["odometer_corrections"] == 1 and record["odometer_flags"] >= 1
+
+
+def test_exports_liens_theft_payouts_and_insurance_consent(world: World) -> None:
+    world.register()
+    world.sell(owner=OWNER1)
+    lien = world.ok(LENDER, "lien.record", {"vin": BMW_VIN}, cosigners=[OWNER1])
+    world.rejected(REGISTRY, "vehicle.exported", {"vin": BMW_VIN}, "lien_active")
+    world.ok(LENDER, "lien.release", {"vin": BMW_VIN, "lien": lien["tx"]})
+    world.ok(REGISTRY, "vehicle.exported", {"vin": BMW_VIN})
+    world.rejected(REGISTRY, "vehicle.recovered", {"vin": BMW_VIN}, "not_stolen")
+    world.ok(REGISTRY, "vehicle.reimported", {"vin": BMW_VIN})
+    record = world.record(BMW_VIN)
+    assert (record["status"], record["brands"]) == ("active", ["exported"])
+    world.rejected(REGISTRY, "vehicle.reimported", {"vin": BMW_VIN}, "not_exported")
+
+    world.ok(INSURER, "vehicle.insure", {"vin": BMW_VIN}, cosigners=[OWNER1])
+    assert world.record(BMW_VIN)["insurer"] == "alpina-insurance"
+    world.ok(OWNER1, "title.offer", {"vin": BMW_VIN, "buyer": OWNER2.did})
+    world.ok(OWNER2, "title.accept", {"vin": BMW_VIN})
+    assert world.record(BMW_VIN)["insurer"] is None        # the buyer consents anew
+
+    world.ok(REGISTRY, "vehicle.stolen", {"vin": BMW_VIN})
+    world.ok(INSURER, "vehicle.total_loss", {"vin": BMW_VIN, "salvage": False})   # theft never recovered: paid out
+    record = world.record(BMW_VIN)
+    assert (record["status"], record["brands"]) == ("total_loss", ["exported", "stolen", "total_loss"])
+
+
+def test_registration_rules_added_after_review(world: World) -> None:
+    not_a_year = HONDA_VIN[:9] + "U" + HONDA_VIN[10:]
+    world.refused(MAKER, "vehicle.register", registration(with_check_digit(not_a_year)), "bad_vin")
+    world.rejected(MAKER, "vehicle.register", registration(BMW_VIN, REGISTRY), "device_key_in_use")
+    world.rejected(MAKER, "vehicle.register", {**registration(BMW_VIN), "prev": "0" * 64}, "bad_payload")

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from blokauto.errors import InputError
-from blokauto.ledger.state import Context, TxType
+from blokauto.ledger.state import Context, StateReader, TxType
 
 REGISTRY: dict[str, TxType] = {}
 
@@ -16,7 +16,8 @@ P = TypeVar("P")
 
 
 def contract(
-    name: str, *, payload: type[P], roles: Iterable[str], public: bool = False
+    name: str, *, payload: type[P], roles: Iterable[str], public: bool = False,
+    admit: Callable[[StateReader, str, dict[str, Any]], str] | None = None,
 ) -> Callable[[Callable[[Context, P], None]], Callable[[Context, P], None]]:
     """Register a handler for ``name`` callable by keys holding any of ``roles``.
 
@@ -34,6 +35,7 @@ def contract(
             roles=frozenset(roles),
             public=public,
             doc=(handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else "",
+            admit=admit,
         )
         return handler
 

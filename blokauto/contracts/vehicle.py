@@ -22,12 +22,13 @@ import msgspec
 from blokauto.contracts.governance import Did, get_policy
 from blokauto.contracts.registry import Payload, contract
 from blokauto.errors import InputError
-from blokauto.ledger.state import ANYONE, Context, require
+from blokauto.ledger.state import ANYONE, Context, StateReader, key_record, require
 from blokauto.vin import parse_vin
 
 DAY_MS = 86_400_000
 MAX_KM_PER_DAY = 2_500          # a faster rise is accepted but flagged on the record
 FUTURE_SKEW_MS = 300_000        # an event may be dated at most 5 minutes after its block
+LATE_WINDOW_MS = 90 * DAY_MS    # a record may be entered up to 90 days after a later-dated event
 DEFAULT_OFFER_MS = 14 * DAY_MS
 MAX_ODOMETER_KM = 5_000_000
 
@@ -99,7 +100,7 @@ class Offer(Event, kw_only=True):
 
 
 class Accept(Event, kw_only=True):
-    pass
+    offer: TxHash | None = None     # optional: the offer accepted (refused if another is open)
 
 
 class CancelOffer(Event, kw_only=True):
@@ -184,6 +185,11 @@ class ClusterReplaced(Event, kw_only=True):
     new_km: Km
 
 
+class OdometerCorrection(Event, kw_only=True):
+    odometer_km: Km
+    reason: Text
+
+
 class Insure(Event, kw_only=True):
     reference: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
@@ -215,11 +221,14 @@ def load(ctx: Context, p: Event, *, allow_destroyed: bool = False) -> dict[str, 
 
 
 def event_time(ctx: Context, record: dict[str, Any] | None, at_ms: int | None) -> int:
+    """When the event happened: not after its block (+5 min), not before registration, and at most
+    90 days before the vehicle's latest-dated event (a workshop entering last month's service)."""
     at = ctx.time_ms if at_ms is None else at_ms
     require(at <= ctx.time_ms + FUTURE_SKEW_MS, "future_time", "the event is dated after its block")
     if record is not None:
-        require(at >= record["last_at_ms"], "out_of_order",
-                f"the event is dated before the vehicle's last event ({record['last_at_ms']} ms)")
+        require(at >= record["registered_ms"], "out_of_order", "the event is dated before the vehicle's registration")
+        require(at >= record["last_at_ms"] - LATE_WINDOW_MS, "out_of_order",
+                "the event is dated more than 90 days before the vehicle's latest event")
     return at
 
 
@@ -233,7 +242,14 @@ def check_odometer(record: dict[str, Any], km: int, at_ms: int) -> bool:
 
 
 def reading(record: dict[str, Any], km: int, at_ms: int) -> dict[str, Any]:
-    """Record an accepted reading; returns the fields the event carries about it."""
+    """Record an accepted reading; returns the fields the event carries about it.
+
+    A late entry (dated before the latest reading) must not exceed that later reading; it leaves
+    the current odometer as it is."""
+    if at_ms < record["odometer_at_ms"]:
+        require(km <= record["odometer_km"], "odometer_inconsistent",
+                f"a reading of {km} km dated before the latest reading of {record['odometer_km']} km cannot be higher")
+        return {"odometer_km": km, "flagged": False, "late": True}
     flagged = check_odometer(record, km, at_ms)
     record["odometer_km"], record["odometer_at_ms"] = km, at_ms
     if flagged:
@@ -246,12 +262,35 @@ def append_event(ctx: Context, record: dict[str, Any], kind: str, at_ms: int, **
     seq = record["events"] + 1
     ctx.emit("vehicle.event", vin=record["vin"], kind=kind, seq=seq, prev=record["head"], at_ms=at_ms,
              org=ctx.org, **fields)
-    record["events"], record["head"], record["last_at_ms"] = seq, ctx.tx_hash, at_ms
+    record["events"], record["head"] = seq, ctx.tx_hash
+    record["last_at_ms"] = max(record["last_at_ms"], at_ms)
     ctx.put(vehicle_key(record["vin"]), record)
 
 
 def has_role(ctx: Context, role: str) -> bool:
     return ctx.member is not None and role in ctx.member["roles"]
+
+
+def active_member_with_role(ctx: Context, did: str, role: str) -> bool:
+    """A cosigner's key is active, holds ``role``, and its organisation is not suspended."""
+    member = ctx.member_of(did)
+    if member is None or role not in member["roles"]:
+        return False
+    org = ctx.get(f"id/org/{member['org']}")
+    return org is not None and org.get("status") == "active"
+
+
+def vehicle_party(state: StateReader, signer: str, payload: dict[str, Any]) -> str:
+    """Admission for the types anyone may send: only the vehicle's owner, the buyer its open offer
+    names, or its own device key (member keys are admitted by role before this)."""
+    vin = payload.get("vin") if isinstance(payload, dict) else None
+    record = state.get(vehicle_key(vin)) if isinstance(vin, str) and len(vin) == 17 else None
+    if record is None:
+        return "only members may send transactions about an unregistered vehicle"
+    offer = record.get("offer") or {}
+    if signer in (record.get("owner"), record.get("device_key"), offer.get("buyer")):
+        return ""
+    return "only the vehicle's owner, the buyer named in its open offer, or its device key may send this"
 
 
 def require_owner(ctx: Context, record: dict[str, Any]) -> None:
@@ -263,11 +302,15 @@ def require_cosigned(ctx: Context, did: str, what: str) -> None:
     require(did in ctx.all_signers(), "signature_missing", f"{what} must sign this transaction too")
 
 
-def require_transferable(record: dict[str, Any]) -> None:
-    require(record["status"] != "stolen", "vehicle_stolen", "the vehicle is reported stolen")
+def require_no_lien(record: dict[str, Any]) -> None:
     require(not record["liens"], "lien_active",
             f"the vehicle carries a lien of {record['liens'][0]['lender'] if record['liens'] else ''}; "
             "the lender must release it first")
+
+
+def require_transferable(record: dict[str, Any]) -> None:
+    require(record["status"] != "stolen", "vehicle_stolen", "the vehicle is reported stolen")
+    require_no_lien(record)
 
 
 # -- identity ----------------------------------------------------------------------------------
@@ -280,6 +323,9 @@ def register(ctx: Context, p: Register) -> None:
     require(ctx.get(vehicle_key(p.vin)) is None, "vin_registered", f"VIN {p.vin} is already registered")
     require(ctx.get(device_key(p.device_key)) is None, "device_key_in_use",
             "this device key already belongs to another vehicle")
+    require(ctx.get(key_record(p.device_key)) is None, "device_key_in_use",
+            "the device key is a member key; a vehicle signs with its own key")
+    require(p.prev is None, "bad_payload", "a registration has no previous event")
     at = event_time(ctx, None, p.at_ms)
     require(p.year <= 1970 + at // (365 * DAY_MS) + 2, "bad_year", f"model year {p.year} lies too far ahead")
     record: dict[str, Any] = {
@@ -312,7 +358,7 @@ def first_sale(ctx: Context, p: FirstSale) -> None:
     append_event(ctx, record, "first_sale", at, owner=p.owner, **odo)
 
 
-@contract("title.offer", payload=Offer, roles={ANYONE})
+@contract("title.offer", payload=Offer, roles={ANYONE}, admit=vehicle_party)
 def offer(ctx: Context, p: Offer) -> None:
     """The owner offers the title to a buyer's key; the buyer accepts with title.accept."""
     record = load(ctx, p)
@@ -328,7 +374,7 @@ def offer(ctx: Context, p: Offer) -> None:
     append_event(ctx, record, "offered", at, buyer=p.buyer, expires_ms=expires)
 
 
-@contract("title.cancel_offer", payload=CancelOffer, roles={ANYONE})
+@contract("title.cancel_offer", payload=CancelOffer, roles={ANYONE}, admit=vehicle_party)
 def cancel_offer(ctx: Context, p: CancelOffer) -> None:
     """The owner withdraws an open offer."""
     record = load(ctx, p)
@@ -339,26 +385,27 @@ def cancel_offer(ctx: Context, p: CancelOffer) -> None:
     append_event(ctx, record, "offer_cancelled", at)
 
 
-@contract("title.accept", payload=Accept, roles={ANYONE})
+@contract("title.accept", payload=Accept, roles={ANYONE}, admit=vehicle_party)
 def accept(ctx: Context, p: Accept) -> None:
     """The buyer named in the open offer takes the title (with a registry cosignature where policy asks)."""
     record = load(ctx, p)
     pending = record["offer"]
     require(pending is not None, "no_offer", "there is no open offer for this vehicle")
     require(ctx.signer == pending["buyer"], "not_buyer", "only the buyer named in the offer may accept it")
+    require(p.offer is None or p.offer == pending["tx"], "stale_offer", "the open offer is not the one named")
     require(ctx.time_ms <= pending["expires_ms"], "offer_expired", "the offer has expired")
     require_transferable(record)
     # the status may have changed since the offer (exported): the same rule as title.offer
     require(record["status"] in ("active", "total_loss"), "bad_status",
             f"a vehicle with status {record['status']} cannot change hands")
     if get_policy(ctx, "title.registry_cosign", False):
-        registry_signed = any(
-            (m := ctx.member_of(did)) is not None and "registry" in m["roles"] for did in ctx.cosigners)
+        registry_signed = any(active_member_with_role(ctx, did, "registry") for did in ctx.cosigners)
         require(registry_signed, "registry_cosign_required",
                 "the consortium's policy needs a registry cosignature on every transfer")
     at = event_time(ctx, record, p.at_ms)
     previous = record["owner"]
-    record.update(owner=ctx.signer, owner_since_ms=at, owners=record["owners"] + 1, offer=None)
+    # the previous owner's consent to their insurer does not pass to the buyer
+    record.update(owner=ctx.signer, owner_since_ms=at, owners=record["owners"] + 1, offer=None, insurer=None)
     append_event(ctx, record, "transferred", at, owner=ctx.signer, previous_owner=previous, offer=pending["tx"])
 
 
@@ -422,10 +469,12 @@ def recovered(ctx: Context, p: StatusReport) -> None:
 
 @contract("vehicle.total_loss", payload=TotalLoss, roles={"insurer"})
 def total_loss(ctx: Context, p: TotalLoss) -> None:
-    """An insurer declares the vehicle a total loss (and brands the title salvage)."""
+    """An insurer declares the vehicle a total loss (and brands the title salvage); also an
+    unrecovered theft the insurer pays out."""
     record = load(ctx, p)
-    require(record["status"] == "active", "bad_status", f"the vehicle's status is {record['status']}")
+    require(record["status"] in ("active", "stolen"), "bad_status", f"the vehicle's status is {record['status']}")
     at = event_time(ctx, record, p.at_ms)
+    record.pop("status_before_theft", None)
     record["status"] = "total_loss"
     brand(record, "total_loss")
     if p.salvage:
@@ -439,10 +488,21 @@ def exported(ctx: Context, p: StatusReport) -> None:
     record = load(ctx, p)
     require(record["status"] in ("active", "total_loss"), "bad_status",
             f"a vehicle with status {record['status']} cannot be exported")
+    require_no_lien(record)
     at = event_time(ctx, record, p.at_ms)
     record["status"] = "exported"
     brand(record, "exported")
     append_event(ctx, record, "exported", at, reference=p.reference)
+
+
+@contract("vehicle.reimported", payload=StatusReport, roles={"registry"})
+def reimported(ctx: Context, p: StatusReport) -> None:
+    """The registry records that an exported vehicle is back (the export brand stays)."""
+    record = load(ctx, p)
+    require(record["status"] == "exported", "not_exported", "the vehicle is not recorded as exported")
+    at = event_time(ctx, record, p.at_ms)
+    record["status"] = "total_loss" if "total_loss" in record["brands"] else "active"
+    append_event(ctx, record, "reimported", at, reference=p.reference)
 
 
 @contract("vehicle.destroyed", payload=Destroyed, roles={"recycler"})
@@ -450,6 +510,7 @@ def destroyed(ctx: Context, p: Destroyed) -> None:
     """A recycler's certificate of destruction: the end of the vehicle's life."""
     record = load(ctx, p)
     require(record["status"] != "stolen", "vehicle_stolen", "a stolen vehicle cannot be scrapped")
+    require_no_lien(record)
     at = event_time(ctx, record, p.at_ms)
     odo = reading(record, p.odometer_km, at) if p.odometer_km is not None else {}
     record["status"] = "destroyed"
@@ -511,7 +572,7 @@ def accident(ctx: Context, p: Accident) -> None:
     append_event(ctx, record, "accident", at, severity=p.severity, **odo)
 
 
-@contract("vehicle.odometer", payload=Odometer, roles={ANYONE})
+@contract("vehicle.odometer", payload=Odometer, roles={ANYONE}, admit=vehicle_party)
 def odometer(ctx: Context, p: Odometer) -> None:
     """An odometer reading signed by the vehicle's own device key or by a workshop."""
     record = load(ctx, p)
@@ -528,9 +589,27 @@ def cluster_replaced(ctx: Context, p: ClusterReplaced) -> None:
     """Instrument-cluster replacement: the only way the odometer may restart (old and new readings kept)."""
     record = load(ctx, p)
     at = event_time(ctx, record, p.at_ms)
+    require(at >= record["odometer_at_ms"], "out_of_order", "a cluster replacement cannot be entered late")
     odo = reading(record, p.old_km, at)
     require(p.new_km < p.old_km, "bad_cluster_reading",
             "the new cluster must read less than the old one (otherwise record a plain reading)")
     record["odometer_offset_km"] += p.old_km - p.new_km
     record["odometer_km"] = p.new_km
     append_event(ctx, record, "cluster_replaced", at, old_km=p.old_km, new_km=p.new_km, flagged=odo["flagged"])
+
+
+@contract("vehicle.odometer_corrected", payload=OdometerCorrection, roles={"registry"})
+def odometer_corrected(ctx: Context, p: OdometerCorrection) -> None:
+    """The registry corrects a mistyped reading downwards, with a reason; the record is flagged for good,
+    since a buyer must see that the odometer history was corrected."""
+    record = load(ctx, p)
+    require(p.odometer_km < record["odometer_km"], "bad_correction",
+            "a correction lowers the latest reading; a higher reading is a plain reading")
+    at = event_time(ctx, record, p.at_ms)
+    require(at >= record["odometer_at_ms"], "out_of_order", "a correction is dated after the reading it corrects")
+    wrong = record["odometer_km"]
+    record["odometer_km"], record["odometer_at_ms"] = p.odometer_km, at
+    record["odometer_flags"] += 1
+    record["odometer_corrections"] = record.get("odometer_corrections", 0) + 1
+    append_event(ctx, record, "odometer_corrected", at, odometer_km=p.odometer_km, replaced_km=wrong,
+                 reason=p.reason, flagged=True)

@@ -263,6 +263,10 @@ class Ledger:
                 return None, "key_revoked", f"cosigning key {did} has been revoked"
         roles = tx_type.roles
         if ANYONE in roles:
+            if member is None and tx_type.admit is not None:
+                reason = tx_type.admit(state, tx.signer, tx.payload)
+                if reason:
+                    return None, "forbidden", reason
             return member, "", ""
         if member is None:
             return None, "forbidden", f"{tx.type} needs a member key of the consortium"

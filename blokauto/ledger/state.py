@@ -42,6 +42,10 @@ class TxType:
     roles: frozenset[str]
     public: bool
     doc: str
+    # For ``anyone`` types: who, beyond member keys, may send this (the vehicle's owner, its device
+    # key...). Returns why the sender may not, or "" to admit. Reads state only; a refusal is a
+    # drop like an unknown key's, never a leaf, so outsiders cannot write into the log.
+    admit: Callable[[StateReader, str, dict[str, Any]], str] | None = None
 
 
 @dataclass(slots=True)
