@@ -57,6 +57,14 @@ def test_buyer_opens_the_shared_report(live_node: str, tmp_path: Path) -> None:
             assert page.locator("svg").count() >= 2        # the odometer chart and the QR code
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
             assert (tmp_path / "report.png").stat().st_size > 10_000
+            # the public VIN check page, as a buyer types the VIN on a phone (lower case)
+            page.goto(live_node + "/")
+            page.click("text=VIN check")
+            page.fill("input[name=vin]", VIN.lower())
+            page.click("button[type=submit]")
+            assert page.inner_text("#accidents") == "1"
+            assert page.inner_text("#odometer").strip().lower() == "consistent"
+            assert "owner" not in page.inner_text("#vehicle").lower()
             # the PDF of the same report
             pdf = page.request.get(link + "?format=pdf")
             assert pdf.status == 200 and pdf.body().startswith(b"%PDF")

@@ -96,6 +96,16 @@ def test_public_summary(env: Env, history: dict[str, Any]) -> None:
     assert env.client().vehicle_summary(VIN)["accidents"] == 1
 
 
+def test_vin_check_page(env: Env, history: dict[str, Any]) -> None:
+    assert "17-character VIN" in env.tc.get("/vin").text
+    page = env.tc.get("/vin", params={"vin": VIN.lower()})
+    assert page.status_code == 200 and "320d Touring" in page.text and OWNER.did not in page.text
+    bad = env.tc.get("/vin", params={"vin": "WBA3A5C51CF25698O"})
+    assert bad.status_code == 400 and "I, O and Q" in bad.text
+    unknown = env.tc.get("/vin", params={"vin": UNKNOWN_VIN})
+    assert unknown.status_code == 404 and "No vehicle" in unknown.text
+
+
 def test_listing_needs_a_member_and_filters(env: Env, history: dict[str, Any]) -> None:
     problem(env.tc.get("/v1/vehicles"), 401, "token_required")
     problem(env.tc.get("/v1/vehicles", headers=env.token(OWNER)), 403, "not_a_member")

@@ -287,7 +287,8 @@ td,th{{border-bottom:1px solid #dde;padding:.35rem;text-align:left}}
 pre{{background:#f4f6f8;padding:1rem;overflow:auto}}</style></head><body>
 <h1>Blok Auto — {escape(node.chain)}</h1>
 <p>Node of <b>{escape(node.org_id)}</b>. Height <b id="height">{height}</b>, {header.log_size} records in the log.
-<a href="/docs">API docs</a> · <a href="/v1/checkpoint">checkpoint</a> · <a href="/metrics">metrics</a></p>
+<a href="/vin">VIN check</a> · <a href="/docs">API docs</a> · <a href="/v1/checkpoint">checkpoint</a> ·
+<a href="/metrics">metrics</a></p>
 <h2>Latest checkpoint</h2><pre>{escape(note)}</pre>
 <h2>Consortium</h2><table><tr><th>id</th><th>name</th><th>roles</th><th>status</th></tr>{rows}</table>
 <h2>Recent blocks</h2><table><tr><th>height</th><th>txs</th><th>log size</th><th>hash</th></tr>{''.join(blocks)}</table>

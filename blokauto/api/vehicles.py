@@ -129,6 +129,23 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         vin = checked_vin(vin)
         return public_summary(record_of(vin), vin)
 
+    @app.get("/vin", response_class=HTMLResponse, include_in_schema=False)
+    def vin_check_page(vin: Annotated[str, Query(max_length=40)] = "") -> HTMLResponse:
+        """The public VIN check as a page: a form, and the summary of the VIN given."""
+        from blokauto.errors import BlokError
+        from blokauto.reports.render import render_vin_check
+
+        if not vin:
+            return HTMLResponse(render_vin_check("", None))
+        canonical_vin = normalise_vin(vin)
+        try:
+            parse_vin(canonical_vin)
+        except BlokError as exc:
+            return HTMLResponse(render_vin_check(vin, None, exc.message), status_code=400)
+        record = node.read_state(f"vehicle/{canonical_vin}")
+        summary = public_summary(record, canonical_vin)
+        return HTMLResponse(render_vin_check(canonical_vin, summary), status_code=200 if record else 404)
+
     @app.get("/v1/vehicles/{vin}/report", tags=["vehicles"],
              responses={200: {"content": {"application/json": {}, "text/html": {}, "application/pdf": {}}}})
     async def get_report(vin: str, format: ReportFormat = "json", share: str | None = None,

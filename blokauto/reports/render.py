@@ -467,6 +467,11 @@ def _context(view: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def render_vin_check(vin: str, summary: dict[str, Any] | None, error: str = "") -> str:
+    """The public VIN check page (a form, and the summary when a VIN was given)."""
+    return _env().get_template("vin_check.html").render(vin=vin, summary=summary, error=error)
+
+
 def render_html(view: dict[str, Any]) -> str:
     """The full report as one self-contained HTML5 document (screen, phone and print)."""
     return _env().get_template("report.html").render(_context(view))
