@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from vininfo import Vin
 from vininfo.exceptions import ValidationError as VinValidationError
@@ -45,7 +46,17 @@ def normalise_vin(text: str) -> str:
 
 
 def parse_vin(vin: str) -> VinInfo:
-    """Validate a canonical VIN and decode its maker; raises :class:`InputError` (``bad_vin``)."""
+    """Validate a canonical VIN and decode its maker; raises :class:`InputError` (``bad_vin``).
+
+    Cached: every vehicle transaction checks its VIN at submission and again at execution, and
+    decoding the WMI costs ~25 us; a pure function of the VIN (the vininfo version is pinned)."""
+    if not isinstance(vin, str) or len(vin) != 17:
+        raise InputError("a VIN has exactly 17 characters", code="bad_vin")
+    return _parse_vin(vin)
+
+
+@lru_cache(maxsize=65_536)
+def _parse_vin(vin: str) -> VinInfo:
     if not isinstance(vin, str) or len(vin) != 17:
         raise InputError("a VIN has exactly 17 characters", code="bad_vin")
     if not VIN_PATTERN.match(vin):
@@ -80,14 +91,15 @@ def model_years(code: str) -> tuple[int, ...]:
     return tuple(range(1980 + index, LAST_MODEL_YEAR + 1, len(MODEL_YEAR_CODES)))[::-1]
 
 
+_TRANSLITERATION = {**{str(d): d for d in range(10)},
+                    **dict(zip("ABCDEFGH", range(1, 9), strict=True)), **dict(zip("JKLMN", range(1, 6), strict=True)),
+                    "P": 7, "R": 9, **dict(zip("STUVWXYZ", range(2, 10), strict=True))}
+_WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
+
+
 def check_digit(vin: str) -> str:
-    """The ISO 3779 / 49 CFR 565 check character for ``vin`` (position 9 ignored); for demo data."""
-    values = {**{str(d): d for d in range(10)},
-              **dict(zip("ABCDEFGH", range(1, 9), strict=True)), **dict(zip("JKLMN", range(1, 6), strict=True)),
-              "P": 7, "R": 9, **dict(zip("STUVWXYZ", range(2, 10), strict=True))}
-    weights = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
-    total = sum(values[c] * w for c, w in zip(vin, weights, strict=True))
-    remainder = total % 11
+    """The ISO 3779 / 49 CFR 565 check character for ``vin`` (position 9 ignored)."""
+    remainder = sum(_TRANSLITERATION[c] * w for c, w in zip(vin, _WEIGHTS, strict=True)) % 11
     return "X" if remainder == 10 else str(remainder)
 
 
