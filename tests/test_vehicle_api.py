@@ -132,6 +132,8 @@ def test_member_record_with_state_proof(env: Env, history: dict[str, Any]) -> No
     key, value = verify_state_proof_object(body["proof"], keys, 1, env.chain)
     assert key == f"vehicle/{VIN}" and value == body["vehicle"] and value["owner"] == OWNER.did
     problem(env.tc.get(f"/v1/vehicles/{UNKNOWN_VIN}", headers=headers), 404, "unknown_vehicle")
+    assert env.tc.get(f"/v1/vehicles/{VIN}", headers=env.token(OWNER)).json()["vehicle"]["owner"] == OWNER.did
+    problem(env.tc.get(f"/v1/vehicles/{OTHER_VIN}", headers=env.token(OWNER)), 403, "not_a_member")
 
 
 def test_report_bundle_proves_every_event(env: Env, history: dict[str, Any]) -> None:
@@ -174,6 +176,8 @@ def test_history_transactions_follow_the_same_rule(env: Env, history: dict[str, 
 
 
 def test_share_links(env: Env, history: dict[str, Any]) -> None:
+    with pytest.raises(BlokError):
+        env.client(OWNER).share_link(VIN, valid_ms=91 * DAY)
     link = env.client(OWNER).share_link(VIN, valid_ms=7 * DAY)
     token = link.rsplit("/", 1)[-1]
     assert link.startswith("http://testserver/v1/shared/")

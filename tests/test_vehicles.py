@@ -868,3 +868,17 @@ def test_registration_rules_added_after_review(world: World) -> None:
     world.refused(MAKER, "vehicle.register", registration(with_check_digit(not_a_year)), "bad_vin")
     world.rejected(MAKER, "vehicle.register", registration(BMW_VIN, REGISTRY), "device_key_in_use")
     world.rejected(MAKER, "vehicle.register", {**registration(BMW_VIN), "prev": "0" * 64}, "bad_payload")
+
+
+def test_a_late_reading_must_fit_between_the_readings_around_its_date(world: World) -> None:
+    now = world.clock.now_ms()
+    world.register(at_ms=now - 200 * DAY_MS)
+    world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 15_000, "at_ms": now - 60 * DAY_MS})
+    world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 30_000, "at_ms": now - 10 * DAY_MS})
+    world.rejected(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 9_000, "at_ms": now - 30 * DAY_MS},
+                   "odometer_inconsistent")                      # a rollback entered "late"
+    world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 20_000, "at_ms": now - 30 * DAY_MS})
+    world.rejected(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 25_000, "at_ms": now - 45 * DAY_MS},
+                   "odometer_inconsistent")                      # above the later late entry of 20,000
+    world.ok(WORKSHOP, "vehicle.odometer", {"vin": BMW_VIN, "odometer_km": 16_000, "at_ms": now - 45 * DAY_MS})
+    assert world.record(BMW_VIN)["odometer_km"] == 30_000

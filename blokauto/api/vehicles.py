@@ -112,10 +112,14 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
     @app.get("/v1/vehicles/{vin}", tags=["vehicles"])
     def get_vehicle(vin: str, proof: bool = False,
                     authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        """A vehicle's record (title holder key, status, liens, head event) for members; ``?proof=1``
-        adds its state proof."""
+        """A vehicle's record (title holder key, status, liens, head event) for members and its owner;
+        ``?proof=1`` adds its state proof."""
         vin = checked_vin(vin)
-        member_of(authorization)
+        did = tokens.did_of(authorization)
+        if active_member(did) is None:
+            record = node.read_state(f"vehicle/{vin}")
+            if record is None or record.get("owner") != did:
+                member_of(authorization)   # raises not_a_member
         if proof:
             state = proofs.build_state_proof(store, f"vehicle/{vin}")
             if state["value"] is None:

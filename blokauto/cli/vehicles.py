@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json
 from blokauto.errors import InputError
@@ -38,6 +39,8 @@ def vehicles(
     model: Annotated[str | None, typer.Option()] = None,
     year: Annotated[int | None, typer.Option()] = None,
     status: Annotated[str | None, typer.Option()] = None,
+    powertrain: Annotated[str | None, typer.Option()] = None,
+    manufacturer: Annotated[str | None, typer.Option(help="Organisation id of the registering manufacturer.")] = None,
     after: Annotated[str, typer.Option(help="Cursor: the last VIN of the previous page.")] = "",
     limit: Annotated[int, typer.Option()] = 50,
     password_env: PasswordEnv = "BLOKAUTO_PASSWORD",
@@ -47,8 +50,8 @@ def vehicles(
 
     if key is None:
         raise InputError("listing vehicles needs a member keystore (--key)", code="token_required")
-    filters = {k: v for k, v in {"maker": maker, "model": model, "year": year, "status": status}.items()
-               if v is not None}
+    filters = {k: v for k, v in {"maker": maker, "model": model, "year": year, "status": status,
+                                 "powertrain": powertrain, "manufacturer": manufacturer}.items() if v is not None}
     with Client(node, load_signer(key, password_env)) as client:
         client.login()
         print_json(client.vehicles(after=after, limit=limit, **filters))
@@ -120,7 +123,7 @@ def check_report(
     try:
         verified = verify_bundle(bundle, trusted, need, origin)
     except VerificationError as exc:
-        err.print(f"[red]INVALID[/] [{exc.code}] {exc.message}")
+        err.print(f"[red]INVALID[/] {escape(f'[{exc.code}] {exc.message}')}")
         raise typer.Exit(3) from None
     view = build_view(verified)
     if json_out:

@@ -181,8 +181,10 @@ class Client:
         """An expiring link to the vehicle's full report, signed offline by this client's key (the owner's)."""
         import time
 
-        from blokauto.reports.share import make_share_token
+        from blokauto.reports.share import MAX_SHARE_MS, make_share_token
 
+        if not 0 < valid_ms <= MAX_SHARE_MS:
+            raise BlokError("a share link lasts between 1 ms and 90 days", code="bad_share_validity", http_status=400)
         now = int(time.time() * 1000) if now_ms is None else now_ms
         token = make_share_token(self._require_key(), self.chain, vin, now + valid_ms)
         return f"{self.url}/v1/shared/{token}"

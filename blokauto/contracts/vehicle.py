@@ -241,17 +241,36 @@ def check_odometer(record: dict[str, Any], km: int, at_ms: int) -> bool:
     return (km - last) * DAY_MS > MAX_KM_PER_DAY * elapsed
 
 
+def recent_readings(record: dict[str, Any]) -> list[list[int]]:
+    """``[at_ms, km]`` of accepted readings on the current cluster within the late-entry window,
+    plus the last one before it: what a late entry must fit between."""
+    return [list(r) for r in record.get("recent_readings") or [[record["odometer_at_ms"], record["odometer_km"]]]]
+
+
+def keep_recent(readings: list[list[int]]) -> list[list[int]]:
+    readings.sort()
+    horizon = readings[-1][0] - LATE_WINDOW_MS
+    older = [r for r in readings if r[0] < horizon]
+    return older[-1:] + [r for r in readings if r[0] >= horizon]
+
+
 def reading(record: dict[str, Any], km: int, at_ms: int) -> dict[str, Any]:
     """Record an accepted reading; returns the fields the event carries about it.
 
-    A late entry (dated before the latest reading) must not exceed that later reading; it leaves
-    the current odometer as it is."""
+    A late entry (dated before the latest reading) must fit between the readings around its date;
+    it leaves the current odometer as it is."""
+    readings = recent_readings(record)
     if at_ms < record["odometer_at_ms"]:
-        require(km <= record["odometer_km"], "odometer_inconsistent",
-                f"a reading of {km} km dated before the latest reading of {record['odometer_km']} km cannot be higher")
+        before = [r for r in readings if r[0] <= at_ms]
+        after = [r for r in readings if r[0] > at_ms]
+        low, high = (before[-1][1] if before else 0), after[0][1]
+        require(low <= km <= high, "odometer_inconsistent",
+                f"a reading of {km} km dated between readings of {low} and {high} km must lie between them")
+        record["recent_readings"] = keep_recent([*readings, [at_ms, km]])
         return {"odometer_km": km, "flagged": False, "late": True}
     flagged = check_odometer(record, km, at_ms)
     record["odometer_km"], record["odometer_at_ms"] = km, at_ms
+    record["recent_readings"] = keep_recent([*readings, [at_ms, km]])
     if flagged:
         record["odometer_flags"] += 1
     return {"odometer_km": km, "flagged": flagged}
@@ -469,8 +488,7 @@ def recovered(ctx: Context, p: StatusReport) -> None:
 
 @contract("vehicle.total_loss", payload=TotalLoss, roles={"insurer"})
 def total_loss(ctx: Context, p: TotalLoss) -> None:
-    """An insurer declares the vehicle a total loss (and brands the title salvage); also an
-    unrecovered theft the insurer pays out."""
+    """An insurer declares a total loss (optionally branding the title salvage), also for an unrecovered theft."""
     record = load(ctx, p)
     require(record["status"] in ("active", "stolen"), "bad_status", f"the vehicle's status is {record['status']}")
     at = event_time(ctx, record, p.at_ms)
@@ -595,13 +613,15 @@ def cluster_replaced(ctx: Context, p: ClusterReplaced) -> None:
             "the new cluster must read less than the old one (otherwise record a plain reading)")
     record["odometer_offset_km"] += p.old_km - p.new_km
     record["odometer_km"] = p.new_km
+    record["recent_readings"] = [[at, p.new_km]]     # a new cluster: earlier readings no longer compare
     append_event(ctx, record, "cluster_replaced", at, old_km=p.old_km, new_km=p.new_km, flagged=odo["flagged"])
 
 
 @contract("vehicle.odometer_corrected", payload=OdometerCorrection, roles={"registry"})
 def odometer_corrected(ctx: Context, p: OdometerCorrection) -> None:
-    """The registry corrects a mistyped reading downwards, with a reason; the record is flagged for good,
-    since a buyer must see that the odometer history was corrected."""
+    """The registry corrects a mistyped reading downwards, with a reason; the record stays flagged.
+
+    A buyer must see that the odometer history was corrected, so the flag is permanent."""
     record = load(ctx, p)
     require(p.odometer_km < record["odometer_km"], "bad_correction",
             "a correction lowers the latest reading; a higher reading is a plain reading")
@@ -609,6 +629,8 @@ def odometer_corrected(ctx: Context, p: OdometerCorrection) -> None:
     require(at >= record["odometer_at_ms"], "out_of_order", "a correction is dated after the reading it corrects")
     wrong = record["odometer_km"]
     record["odometer_km"], record["odometer_at_ms"] = p.odometer_km, at
+    record["recent_readings"] = keep_recent([r for r in recent_readings(record) if r[1] <= p.odometer_km]
+                                            + [[at, p.odometer_km]])
     record["odometer_flags"] += 1
     record["odometer_corrections"] = record.get("odometer_corrections", 0) + 1
     append_event(ctx, record, "odometer_corrected", at, odometer_km=p.odometer_km, replaced_km=wrong,
