@@ -34,7 +34,7 @@ from blokauto.errors import BlokError, InputError, Rejected, StorageError
 from blokauto.ledger.chain import BlockResult, CheckpointSigner, Ledger
 from blokauto.ledger.state import nonce_key
 from blokauto.ledger.store import Store
-from blokauto.ledger.tx import SignedTx, parse_tx, verify_tx_signatures
+from blokauto.ledger.tx import SignedTx, decode_batch, encode_batch, parse_tx, verify_tx_signatures
 from blokauto.ordering.solo import SoloOrderer
 
 log = logging.getLogger("blokauto.node")
@@ -201,19 +201,26 @@ class Node:
         futures: list[Future[dict[str, Any]]] = []
         chunks = [list(raws[i : i + chunk]) for i in range(0, len(raws), chunk)]
         pool = self._check_pool()
-        for checked in pool.map(check_stateless_batch, chunks, [self.chain] * len(chunks)):
-            for item in checked:
-                try:
-                    if isinstance(item, tuple):
-                        raise BlokError(item[1], code=item[0], http_status=item[2])
+        for encoded, refusals in pool.map(check_stateless_batch, chunks, [self.chain] * len(chunks)):
+            checked = decode_batch(encoded)
+            passed = iter(checked)
+            refused = {position: (code, message, status) for position, code, message, status in refusals}
+            for position in range(len(checked) + len(refused)):
+                error = refused.get(position)
+                if error is None:
                     # role and revocation are checked by the committer, which drops (never logs) refusals
-                    futures.append(self.enqueue(item))
-                except BlokError as exc:
-                    if isinstance(item, tuple):  # enqueue counts its own refusals
-                        metrics.REJECTIONS.labels(code=exc.code, stage="submit").inc()
-                    failed: Future[dict[str, Any]] = Future()
-                    failed.set_exception(exc)
-                    futures.append(failed)
+                    try:
+                        futures.append(self.enqueue(next(passed)))
+                        continue
+                    except BlokError as exc:  # enqueue counts its own refusals
+                        refusal = exc
+                else:
+                    code, message, status = error
+                    refusal = BlokError(message, code=code, http_status=status)
+                    metrics.REJECTIONS.labels(code=code, stage="submit").inc()
+                failed: Future[dict[str, Any]] = Future()
+                failed.set_exception(refusal)
+                futures.append(failed)
         return futures
 
     def _check_pool(self) -> ProcessPoolExecutor:
@@ -324,15 +331,17 @@ def check_stateless(raw: bytes, chain: str) -> SignedTx:
     return tx
 
 
-def check_stateless_batch(raws: list[bytes], chain: str) -> list[SignedTx | tuple[str, str, int]]:
-    """:func:`check_stateless` over a batch, in a worker process; refusals as (code, message, status)."""
-    out: list[SignedTx | tuple[str, str, int]] = []
-    for raw in raws:
+def check_stateless_batch(raws: list[bytes], chain: str) -> tuple[bytes, list[tuple[int, str, str, int]]]:
+    """:func:`check_stateless` over a batch, in a worker process: the transactions that passed, as
+    msgpack (:func:`encode_batch`), and the refusals as (position in ``raws``, code, message, status)."""
+    passed: list[SignedTx] = []
+    refusals: list[tuple[int, str, str, int]] = []
+    for position, raw in enumerate(raws):
         try:
-            out.append(check_stateless(raw, chain))
+            passed.append(check_stateless(raw, chain))
         except BlokError as exc:
-            out.append((exc.code, exc.message, exc.http_status))
-    return out
+            refusals.append((position, exc.code, exc.message, exc.http_status))
+    return encode_batch(passed), refusals
 
 
 class _ReaderState:
