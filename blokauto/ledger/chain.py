@@ -24,7 +24,7 @@ from blokauto.errors import BlokError, InputError, Rejected, StorageError
 from blokauto.ledger.log import LogAppender
 from blokauto.ledger.smt import SparseMerkleTree
 from blokauto.ledger.state import ADMIN, ANYONE, MEMBER, Context, TxType, key_record, nonce_key
-from blokauto.ledger.store import BlockWrite, Store
+from blokauto.ledger.store import LOG_MIN_LEVEL, BlockWrite, Store
 from blokauto.ledger.tx import SignedTx
 
 log = logging.getLogger("blokauto.ledger")
@@ -211,7 +211,8 @@ class Ledger:
             raise StorageError("ledger has no blocks", code="corrupt_store")
         self.head_hash, header_bytes, self.state_root_id, self.head_checkpoint = block
         self.head = Header.decode(header_bytes)
-        self.appender = LogAppender(self.head.log_size, lambda ids: store.get_log_nodes(ids, store.writer))
+        self.appender = LogAppender(self.head.log_size, lambda ids: store.get_log_nodes(ids, store.writer),
+                                    min_level=LOG_MIN_LEVEL)
         self.smt = SparseMerkleTree(lambda i: store.get_smt_node(i, store.writer), next_id=store.max_smt_id() + 1)
         self._cache.clear()
 
