@@ -317,6 +317,15 @@ class Ledger:
 
     def apply_block(self, txs: Sequence[SignedTx], time_ms: int) -> BlockResult:
         """Execute ``txs`` in order as the next block and commit it atomically."""
+        self.store.begin_block()
+        try:
+            return self._apply_block(txs, time_ms)
+        except BaseException:
+            self.store.abort_block()
+            self._reload()
+            raise
+
+    def _apply_block(self, txs: Sequence[SignedTx], time_ms: int) -> BlockResult:
         head = self.head
         height = head.height + 1
         time_ms = max(time_ms, head.time_ms)
@@ -354,6 +363,7 @@ class Ledger:
             outcomes.append(TxOutcome(tx, receipt))
             index += 1
         if not leaves:
+            self.store.abort_block()
             return BlockResult(header=head, block_hash=self.head_hash, checkpoint=self.head_checkpoint,
                                outcomes=outcomes)
         return self._commit(height, time_ms, pending, leaves, leaf_hashes, outcomes)
@@ -361,26 +371,23 @@ class Ledger:
     def _commit(self, height: int, time_ms: int, pending: dict[str, bytes | None],
                 leaves: list[tuple[int, int, bytes, bytes]], leaf_hashes: list[bytes],
                 outcomes: list[TxOutcome]) -> BlockResult:
-        try:
-            changes = {state_key_hash(k): None if enc is None else state_value_hash(enc)
-                       for k, enc in pending.items()}
-            root_id, state_root, smt_nodes = self.smt.update(self.state_root_id, changes)
-            log_nodes = self.appender.append(leaf_hashes)
-            header = Header(chain=self.chain, height=height, prev=self.head_hash, time_ms=time_ms,
-                            log_size=self.appender.size, log_root=self.appender.root(),
-                            state_root=state_root, tx_count=len(leaves))
-            block_hash = header.hash()
-            checkpoint = self._sign(self.signer, header, block_hash)
-            puts = [(k, enc) for k, enc in pending.items() if enc is not None]
-            deletes = [(k,) for k, enc in pending.items() if enc is None]
-            self.store.commit_block(BlockWrite(
-                height=height, block_hash=block_hash, header=header.encode(), state_root_id=root_id,
-                checkpoint=checkpoint, leaves=leaves, log_nodes=log_nodes, smt_nodes=smt_nodes,
-                state_puts=puts, state_deletes=deletes,
-            ))
-        except BaseException:
-            self._reload()
-            raise
+        # (a failure anywhere here is rolled back and the view reloaded by apply_block)
+        changes = {state_key_hash(k): None if enc is None else state_value_hash(enc)
+                   for k, enc in pending.items()}
+        root_id, state_root, smt_nodes = self.smt.update(self.state_root_id, changes)
+        log_nodes = self.appender.append(leaf_hashes)
+        header = Header(chain=self.chain, height=height, prev=self.head_hash, time_ms=time_ms,
+                        log_size=self.appender.size, log_root=self.appender.root(),
+                        state_root=state_root, tx_count=len(leaves))
+        block_hash = header.hash()
+        checkpoint = self._sign(self.signer, header, block_hash)
+        puts = [(k, enc) for k, enc in pending.items() if enc is not None]
+        deletes = [(k,) for k, enc in pending.items() if enc is None]
+        self.store.commit_block(BlockWrite(
+            height=height, block_hash=block_hash, header=header.encode(), state_root_id=root_id,
+            checkpoint=checkpoint, leaves=leaves, log_nodes=log_nodes, smt_nodes=smt_nodes,
+            state_puts=puts, state_deletes=deletes,
+        ))
         cache = self._cache
         if len(cache) + len(pending) >= STATE_CACHE_ENTRIES:
             cache.clear()
