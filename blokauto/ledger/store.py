@@ -158,19 +158,19 @@ class Store:
         return _Transaction(self.writer)
 
     def begin_block(self) -> None:
-        """Open the block's write transaction before execution, so the committer's reads (state
-        misses, state-tree nodes) run inside it: a read outside a transaction opens and closes a
-        WAL read snapshot each time, which cost more than the lookup itself."""
+        """Open one read snapshot for the committer's lookups of a block (state misses, state-tree
+        nodes): a read outside a transaction opens and closes a WAL snapshot each time, which cost
+        more than the lookup itself. :meth:`commit_block` ends it before its write transaction."""
         if not self.writer.in_transaction:
-            self.writer.execute("BEGIN IMMEDIATE")
+            self.writer.execute("BEGIN")
 
     def abort_block(self) -> None:
-        """Drop the open block transaction (nothing to commit, or a failure)."""
+        """End the block's snapshot (or roll back a failed write)."""
         if self.writer.in_transaction:
             self.writer.execute("ROLLBACK")
 
     def commit_block(self, w: BlockWrite) -> None:
-        """Write one block and commit; joins the transaction :meth:`begin_block` opened, if any."""
+        """Write one block in one write transaction and commit it."""
         with _Transaction(self.writer) as conn:
             conn.execute(
                 "INSERT INTO blocks (height, hash, header, state_root_id, checkpoint) VALUES (?, ?, ?, ?, ?)",
@@ -309,8 +309,12 @@ class _Transaction:
         self.conn = conn
 
     def __enter__(self) -> sqlite3.Connection:
-        if not self.conn.in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")
+        if self.conn.in_transaction:
+            # End a read snapshot (begin_block) first: SQLite restarts the WAL from its start only in
+            # a write transaction whose snapshot began after the checkpointer caught up; a snapshot
+            # held since the last COMMIT never allows that, and the WAL would grow without bound.
+            self.conn.execute("COMMIT")
+        self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
