@@ -161,7 +161,7 @@ TAMPERS = {
     "state row": ("state", "k", "v", "k LIKE 'notary/%'", 10),
     "nonce row": ("state", "k", "v", "k LIKE 'nonce/%'", 0),
     "state-tree node": ("smt_chunks", "chunk", "nodes", "chunk = 0", 2 * 113 + 30),
-    "log node": ("log_nodes", "id", "hash", "id = 5", 0),
+    "log node": ("log_nodes", "id", "hash", "id = 4 << 48", 0),  # levels below 4 are folded from leaves
     "transaction index": ("leaves", "idx", "txhash", "idx = 7", 3),
     "checkpoint": ("blocks", "height", "checkpoint", "height = 3", 5),
 }

@@ -383,3 +383,26 @@ def test_node_key_must_be_32_bytes_of_canonical_base64(env: Env) -> None:
         assert r.status_code == 200, r.text
         assert (r.json()["status"], r.json()["code"]) == ("rejected", "bad_node_key")
     assert len(keys_of(env)) == 9
+
+
+def test_store_folds_unstored_low_log_nodes_from_leaves(env: Env) -> None:
+    """Log nodes below LOG_MIN_LEVEL are not stored; the store folds them from the leaves and
+    must give exactly the hashes a full tree has, for every perfect subtree, across blocks."""
+    from blokauto.crypto.merkle import leaf_hash
+    from blokauto.ledger.log import LogAppender, node_id
+    from blokauto.ledger.store import LOG_MIN_LEVEL
+
+    for i in range(37):  # one block per transaction: ragged sizes everywhere
+        anchor(env, f"fold {i}", i + 1)
+    store = env.node.store
+    size = env.node.ledger.head.log_size
+    leaves = [leaf for _, _, leaf in store.iter_leaves(0, size)]
+    full = dict(LogAppender().append([leaf_hash(leaf) for leaf in leaves]))
+    wanted = [node_id(level, index) for level in range(LOG_MIN_LEVEL + 2) for index in range(size >> level)]
+    assert store.get_log_nodes(wanted) == {i: full[i] for i in wanted}
+    stored = {row[0] for row in store.writer.execute("SELECT id FROM log_nodes")}
+    assert stored and all(i >> 48 >= LOG_MIN_LEVEL for i in stored)
+    incomplete = node_id(LOG_MIN_LEVEL - 1, size >> (LOG_MIN_LEVEL - 1))  # its leaves are not all there
+    assert store.get_log_nodes([incomplete]) == {}
+    # a restarted appender resumes from folded nodes and reaches the same root
+    assert LogAppender(size, store.get_log_nodes).root() == env.node.ledger.head.log_root

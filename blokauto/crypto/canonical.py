@@ -32,33 +32,57 @@ _plain_decoder = msgspec.json.Decoder()
 
 
 def check_value(value: Any, depth: int = 0) -> None:
-    """Raise :class:`InputError` unless ``value`` is inside the canonical JSON subset."""
-    if depth > MAX_DEPTH:
-        raise InputError("JSON nested too deeply", code="bad_encoding")
+    """Raise :class:`InputError` unless ``value`` is inside the canonical JSON subset.
+
+    Every state write and result is checked, so scalar members of objects and arrays (the usual
+    case: flat records) are checked inline instead of by a call each.
+    """
+    if depth > MAX_DEPTH or (depth == MAX_DEPTH and value and type(value) in (dict, list)):
+        raise InputError("JSON nested too deeply", code="bad_encoding")  # (a member would be too deep)
     kind = type(value)
-    if kind is str:
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError("string is not valid Unicode", code="bad_encoding") from None
-    elif kind is int:
-        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            raise InputError("integer outside ±(2**53-1)", code="bad_encoding")
-    elif kind is dict:
+    if kind is dict:
         for key, item in value.items():
             if type(key) is not str or not key.isascii():
                 raise InputError("object keys must be ASCII strings", code="bad_encoding")
-            check_value(item, depth + 1)
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    _check_str(item)
+            elif kind is int:
+                if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    raise InputError("integer outside ±(2**53-1)", code="bad_encoding")
+            elif item is not None and kind is not bool:
+                check_value(item, depth + 1)
     elif kind is list:
         for item in value:
-            check_value(item, depth + 1)
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    _check_str(item)
+            elif kind is int:
+                if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    raise InputError("integer outside ±(2**53-1)", code="bad_encoding")
+            elif item is not None and kind is not bool:
+                check_value(item, depth + 1)
+    elif kind is str:
+        if not value.isascii():
+            _check_str(value)
+    elif kind is int:
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise InputError("integer outside ±(2**53-1)", code="bad_encoding")
     elif value is None or kind is bool:
         pass
     elif kind is float:
         raise InputError("floats are not allowed; use integers in the smallest unit", code="bad_encoding")
     else:
         raise InputError(f"type {kind.__name__} cannot be encoded", code="bad_encoding")
+
+
+def _check_str(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("string is not valid Unicode", code="bad_encoding") from None
 
 
 def encode(value: Any) -> bytes:

@@ -24,7 +24,7 @@ from blokauto.errors import BlokError, InputError, Rejected, StorageError
 from blokauto.ledger.log import LogAppender
 from blokauto.ledger.smt import SparseMerkleTree
 from blokauto.ledger.state import ADMIN, ANYONE, MEMBER, Context, TxType, key_record, nonce_key
-from blokauto.ledger.store import BlockWrite, Store
+from blokauto.ledger.store import LOG_MIN_LEVEL, BlockWrite, Store
 from blokauto.ledger.tx import SignedTx
 
 log = logging.getLogger("blokauto.ledger")
@@ -35,6 +35,7 @@ STATE_CACHE_ENTRIES = 50_000
 # refused attempts included, is found without scanning the log.
 SUBJECT_FIELDS = ("vin", "serial", "campaign")
 MAX_SUBJECT_CHARS = 128
+_MISS: Any = object()
 _decode_value = msgspec.json.Decoder().decode
 
 
@@ -135,20 +136,42 @@ class BlockResult:
 
 
 class _BlockState:
-    """Reads through the block's pending writes to the committed state."""
+    """Reads through the block's pending writes (encoded values; None = deleted) to the committed state."""
 
-    __slots__ = ("ledger", "pending")
+    __slots__ = ("cache", "ledger", "pending", "shared")
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.pending: dict[str, tuple[Any, bytes | None]] = {}
+        self.cache = ledger._cache
+        self.pending: dict[str, bytes | None] = {}
+        self.shared: dict[str, tuple[bytes, Any]] = {}
+
+    def _encoded(self, key: str) -> bytes | None:
+        pending = self.pending
+        if key in pending:
+            return pending[key]
+        encoded = self.cache.get(key, _MISS)
+        if encoded is _MISS:
+            return self.ledger._load_committed(key)
+        return encoded  # type: ignore[no-any-return]
 
     def get(self, key: str) -> Any | None:
-        entry = self.pending.get(key)
-        if entry is not None:
-            _, encoded = entry
-            return None if encoded is None else _decode_value(encoded)
-        return self.ledger.get_committed(key)
+        """A fresh decoded value: the caller (a contract) may change it freely."""
+        encoded = self._encoded(key)
+        return None if encoded is None else _decode_value(encoded)
+
+    def get_shared(self, key: str) -> Any | None:
+        """A decoded value shared with later calls while its bytes are unchanged: read-only use
+        (authorisation reads the same member and organisation records for many transactions)."""
+        encoded = self._encoded(key)
+        if encoded is None:
+            return None
+        hit = self.shared.get(key)
+        if hit is not None and hit[0] is encoded:
+            return hit[1]
+        value = _decode_value(encoded)
+        self.shared[key] = (encoded, value)
+        return value
 
 
 def _result_json(status: str, events: list[dict[str, Any]] | None = None, code: str = "",
@@ -216,7 +239,8 @@ class Ledger:
             raise StorageError("ledger has no blocks", code="corrupt_store")
         self.head_hash, header_bytes, self.state_root_id, self.head_checkpoint = block
         self.head = Header.decode(header_bytes)
-        self.appender = LogAppender(self.head.log_size, lambda ids: store.get_log_nodes(ids, store.writer))
+        self.appender = LogAppender(self.head.log_size, lambda ids: store.get_log_nodes(ids, store.writer),
+                                    min_level=LOG_MIN_LEVEL)
         self.smt = SparseMerkleTree(lambda i: store.get_smt_node(i, store.writer), next_id=store.max_smt_id() + 1)
         self._cache.clear()
 
@@ -237,14 +261,18 @@ class Ledger:
         return self._cache
 
     def get_committed(self, key: str) -> Any | None:
-        try:
-            encoded = self._cache[key]
-        except KeyError:
-            encoded = self.store.get_state(key, self.store.writer)
-            if len(self._cache) >= STATE_CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[key] = encoded
+        encoded = self._cache.get(key, _MISS)
+        if encoded is _MISS:
+            encoded = self._load_committed(key)
         return None if encoded is None else _decode_value(encoded)
+
+    def _load_committed(self, key: str) -> bytes | None:
+        """Cache miss: read SQLite and remember the answer (absence too)."""
+        encoded = self.store.get_state(key, self.store.writer)
+        if len(self._cache) >= STATE_CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = encoded
+        return encoded
 
     # -- execution ---------------------------------------------------------------------------
 
@@ -254,11 +282,11 @@ class Ledger:
         if member is not None:
             if member.get("status") != "active":
                 return None, "key_revoked", "the signing key has been revoked"
-            org = state.get(f"id/org/{member['org']}")
+            org = state.get_shared(f"id/org/{member['org']}")
             if org is None or org.get("status") != "active":
                 return None, "org_suspended", "the signer's organisation is not active"
         for did in tx.cosigners:
-            cosigner = state.get(key_record(did))
+            cosigner = state.get_shared(key_record(did))
             if cosigner is not None and cosigner.get("status") != "active":
                 return None, "key_revoked", f"cosigning key {did} has been revoked"
         roles = tx_type.roles
@@ -290,7 +318,7 @@ class Ledger:
                       height=height, time_ms=time_ms, chain=self.chain, member=member)
         try:
             tx_type.handler(ctx, payload)
-            encoded = [(k, v, None if v is None else canonical.encode(v)) for k, v in ctx.writes.items()]
+            encoded = [(k, None if v is None else canonical.encode(v)) for k, v in ctx.writes.items()]
         except Rejected as exc:
             return _result_json("rejected", code=exc.code, message=exc.message)
         except InputError as exc:
@@ -298,13 +326,20 @@ class Ledger:
         except Exception as exc:  # a contract bug: deterministic on every node, so it is recorded, not fatal
             log.exception("contract %s failed on %s", tx.type, tx.hash_hex)
             return _result_json("rejected", code="contract_error", message=type(exc).__name__)
-        pending = state.pending
-        for key, value, enc in encoded:
-            pending[key] = (value, enc)
+        state.pending.update(encoded)
         return _result_json("ok", events=ctx.events)
 
     def apply_block(self, txs: Sequence[SignedTx], time_ms: int) -> BlockResult:
         """Execute ``txs`` in order as the next block and commit it atomically."""
+        self.store.begin_block()
+        try:
+            return self._apply_block(txs, time_ms)
+        except BaseException:
+            self.store.abort_block()
+            self._reload()
+            raise
+
+    def _apply_block(self, txs: Sequence[SignedTx], time_ms: int) -> BlockResult:
         head = self.head
         height = head.height + 1
         time_ms = max(time_ms, head.time_ms)
@@ -334,7 +369,7 @@ class Ledger:
                 outcomes.append(TxOutcome(tx, None, Rejected(message, code=code, http_status=403)))
                 continue
             result = self._execute(state, tx, tx_type, member, height, time_ms)
-            pending[nkey] = (tx.nonce, str(tx.nonce).encode())
+            pending[nkey] = b"%d" % tx.nonce
             result_bytes = canonical.encode(result)
             leaf = b'{"height":%d,"result":%s,"tx":%s}' % (height, result_bytes, tx.raw)
             leaves.append((index, height, tx.hash, leaf))
@@ -348,38 +383,35 @@ class Ledger:
             outcomes.append(TxOutcome(tx, receipt))
             index += 1
         if not leaves:
+            self.store.abort_block()
             return BlockResult(header=head, block_hash=self.head_hash, checkpoint=self.head_checkpoint,
                                outcomes=outcomes)
         return self._commit(height, time_ms, pending, leaves, leaf_hashes, subjects, outcomes)
 
-    def _commit(self, height: int, time_ms: int, pending: dict[str, tuple[Any, bytes | None]],
+    def _commit(self, height: int, time_ms: int, pending: dict[str, bytes | None],
                 leaves: list[tuple[int, int, bytes, bytes]], leaf_hashes: list[bytes],
                 subjects: list[tuple[str, int]], outcomes: list[TxOutcome]) -> BlockResult:
-        try:
-            changes = {state_key_hash(k): None if enc is None else state_value_hash(enc)
-                       for k, (_, enc) in pending.items()}
-            root_id, state_root, smt_nodes = self.smt.update(self.state_root_id, changes)
-            log_nodes = self.appender.append(leaf_hashes)
-            header = Header(chain=self.chain, height=height, prev=self.head_hash, time_ms=time_ms,
-                            log_size=self.appender.size, log_root=self.appender.root(),
-                            state_root=state_root, tx_count=len(leaves))
-            block_hash = header.hash()
-            checkpoint = self._sign(self.signer, header, block_hash)
-            puts = [(k, enc) for k, (_, enc) in pending.items() if enc is not None]
-            deletes = [(k,) for k, (_, enc) in pending.items() if enc is None]
-            self.store.commit_block(BlockWrite(
-                height=height, block_hash=block_hash, header=header.encode(), state_root_id=root_id,
-                checkpoint=checkpoint, leaves=leaves, subjects=subjects, log_nodes=log_nodes, smt_nodes=smt_nodes,
-                state_puts=puts, state_deletes=deletes,
-            ))
-        except BaseException:
-            self._reload()
-            raise
+        # (a failure anywhere here is rolled back and the view reloaded by apply_block)
+        changes = {state_key_hash(k): None if enc is None else state_value_hash(enc)
+                   for k, enc in pending.items()}
+        root_id, state_root, smt_nodes = self.smt.update(self.state_root_id, changes)
+        log_nodes = self.appender.append(leaf_hashes)
+        header = Header(chain=self.chain, height=height, prev=self.head_hash, time_ms=time_ms,
+                        log_size=self.appender.size, log_root=self.appender.root(),
+                        state_root=state_root, tx_count=len(leaves))
+        block_hash = header.hash()
+        checkpoint = self._sign(self.signer, header, block_hash)
+        puts = [(k, enc) for k, enc in pending.items() if enc is not None]
+        deletes = [(k,) for k, enc in pending.items() if enc is None]
+        self.store.commit_block(BlockWrite(
+            height=height, block_hash=block_hash, header=header.encode(), state_root_id=root_id,
+            checkpoint=checkpoint, leaves=leaves, subjects=subjects, log_nodes=log_nodes, smt_nodes=smt_nodes,
+            state_puts=puts, state_deletes=deletes,
+        ))
         cache = self._cache
         if len(cache) + len(pending) >= STATE_CACHE_ENTRIES:
             cache.clear()
-        for key, (_, enc) in pending.items():
-            cache[key] = enc
+        cache.update(pending)
         self.head, self.head_hash, self.state_root_id, self.head_checkpoint = header, block_hash, root_id, checkpoint
         return BlockResult(header=header, block_hash=block_hash, checkpoint=checkpoint, outcomes=outcomes)
 

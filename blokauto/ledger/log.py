@@ -181,12 +181,19 @@ class LogAppender:
     Appending therefore needs no reads: the frontier is all a new leaf can merge with.
     """
 
-    __slots__ = ("_frontier", "_root", "_size")
+    __slots__ = ("_frontier", "_min_level", "_root", "_size")
 
-    def __init__(self, size: int = 0, read_nodes: ReadNodes | None = None) -> None:
-        """Start empty, or resume at `size` by reading that size's perfect-subtree roots."""
+    def __init__(self, size: int = 0, read_nodes: ReadNodes | None = None, *, min_level: int = 0) -> None:
+        """Start empty, or resume at `size` by reading that size's perfect-subtree roots.
+
+        ``min_level``: :meth:`append` returns no rows below this level, for a store that folds those
+        small subtrees from the leaves when asked (fewer rows to write per leaf).
+        """
         _check_size(size, "size")
+        if not 0 <= min_level <= _INDEX_BITS:
+            raise InputError(f"min_level must be in [0, {_INDEX_BITS}]")
         self._size = size
+        self._min_level = min_level
         self._root: bytes | None = None
         # _frontier[i] is the root of a perfect subtree; sizes strictly decrease left to right.
         self._frontier: list[bytes] = []
@@ -207,7 +214,8 @@ class LogAppender:
         return self._root
 
     def append(self, leaf_hashes: Sequence[bytes]) -> list[tuple[int, bytes]]:
-        """Append leaves; return every new (node_id, hash) row: the leaves and each completed subtree.
+        """Append leaves; return every new (node_id, hash) row: the leaves and each completed subtree
+        (only those at ``min_level`` or above).
 
         The whole batch is validated before any state changes, so a bad batch leaves the appender
         untouched. Each leaf costs one hash on average (a binary counter's carries).
@@ -227,15 +235,18 @@ class LogAppender:
         pop = frontier.pop
         rows: list[tuple[int, bytes]] = []
         add = rows.append
+        min_level = self._min_level
         for h in leaf_hashes:
-            add((size, h))  # node_id(0, size) == size
+            if not min_level:
+                add((size, h))  # node_id(0, size) == size
             idx = size
-            level_bits = 0
+            level = 0
             while idx & 1:
                 h = sha256(b"\x01" + pop() + h).digest()
                 idx >>= 1
-                level_bits += 1 << _INDEX_BITS
-                add((level_bits | idx, h))
+                level += 1
+                if level >= min_level:
+                    add(((level << _INDEX_BITS) | idx, h))
             push(h)
             size += 1
         self._size = size

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from blokauto.crypto.merkle import leaf_hash, node_hash
 from blokauto.errors import StorageError
 
 SCHEMA = """
@@ -39,6 +40,12 @@ CREATE TABLE IF NOT EXISTS subjects (subject TEXT NOT NULL, idx INTEGER NOT NULL
 """
 
 DB_FILE = "ledger.sqlite"
+
+# Log nodes below this level are not stored: a node at level l < 4 covers at most 16 leaves, and
+# is folded from those leaves' bytes when a proof or a restart asks for it. That saves 15 of every
+# 16 log rows (two rows per leaf became one per eight) for a few extra hashes per proof.
+LOG_MIN_LEVEL = 4
+_LOG_INDEX_BITS = 48
 
 # State-tree nodes get sequential ids; 32 consecutive nodes share one row (a fixed 113-byte slot
 # each, leaves zero-padded), so a block writes ~5 rows per 32 changed keys instead of ~5 per key.
@@ -153,8 +160,21 @@ class Store:
     def transaction(self) -> _Transaction:
         return _Transaction(self.writer)
 
+    def begin_block(self) -> None:
+        """Open one read snapshot for the committer's lookups of a block (state misses, state-tree
+        nodes): a read outside a transaction opens and closes a WAL snapshot each time, which cost
+        more than the lookup itself. :meth:`commit_block` ends it before its write transaction."""
+        if not self.writer.in_transaction:
+            self.writer.execute("BEGIN")
+
+    def abort_block(self) -> None:
+        """End the block's snapshot (or roll back a failed write)."""
+        if self.writer.in_transaction:
+            self.writer.execute("ROLLBACK")
+
     def commit_block(self, w: BlockWrite) -> None:
-        with self.transaction() as conn:
+        """Write one block in one write transaction and commit it."""
+        with _Transaction(self.writer) as conn:
             conn.execute(
                 "INSERT INTO blocks (height, hash, header, state_root_id, checkpoint) VALUES (?, ?, ?, ?, ?)",
                 (w.height, w.block_hash, w.header, w.state_root_id, w.checkpoint),
@@ -205,13 +225,39 @@ class Store:
             yield key, bytes(value)
 
     def get_log_nodes(self, ids: Sequence[int], conn: sqlite3.Connection | None = None) -> dict[int, bytes]:
+        """Log node hashes by id (``level << 48 | index``); nodes below :data:`LOG_MIN_LEVEL` are
+        folded from their leaves. Ids that are not stored (or not complete) are absent."""
         found: dict[int, bytes] = {}
         c = self._conn(conn)
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start : start + 500])
+        stored = [i for i in ids if i >> _LOG_INDEX_BITS >= LOG_MIN_LEVEL]
+        for start in range(0, len(stored), 500):
+            chunk = stored[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for node_id, digest in c.execute(f"SELECT id, hash FROM log_nodes WHERE id IN ({marks})", chunk):
                 found[node_id] = bytes(digest)
+        low = [i for i in ids if i >> _LOG_INDEX_BITS < LOG_MIN_LEVEL]
+        if low:
+            found.update(self._fold_low_log_nodes(low, c))
+        return found
+
+    def _fold_low_log_nodes(self, ids: list[int], conn: sqlite3.Connection) -> dict[int, bytes]:
+        mask = (1 << _LOG_INDEX_BITS) - 1
+        spans = [(i, (i & mask) << (i >> _LOG_INDEX_BITS), 1 << (i >> _LOG_INDEX_BITS)) for i in ids]
+        wanted = sorted({first + k for _, first, count in spans for k in range(count)})
+        hashes: dict[int, bytes] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for idx, leaf in conn.execute(f"SELECT idx, leaf FROM leaves WHERE idx IN ({marks})", chunk):
+                hashes[idx] = leaf_hash(bytes(leaf))
+        found: dict[int, bytes] = {}
+        for node_id, first, count in spans:
+            if any(first + k not in hashes for k in range(count)):
+                continue  # not all its leaves exist: the node is not complete
+            level = [hashes[first + k] for k in range(count)]
+            while len(level) > 1:
+                level = [node_hash(level[k], level[k + 1]) for k in range(0, len(level), 2)]
+            found[node_id] = level[0]
         return found
 
     def get_smt_node(self, node_id: int, conn: sqlite3.Connection | None = None) -> bytes:
@@ -287,6 +333,11 @@ class _Transaction:
         self.conn = conn
 
     def __enter__(self) -> sqlite3.Connection:
+        if self.conn.in_transaction:
+            # End a read snapshot (begin_block) first: SQLite restarts the WAL from its start only in
+            # a write transaction whose snapshot began after the checkpointer caught up; a snapshot
+            # held since the last COMMIT never allows that, and the WAL would grow without bound.
+            self.conn.execute("COMMIT")
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 

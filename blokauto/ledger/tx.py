@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import DOMAIN_TX, Signer, b64, public_key_from_did, unb64, verify_signature
@@ -24,9 +25,13 @@ TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}\.[a-z][a-z0-9_]{0,47}$")
 _BODY_FIELDS = frozenset({"chain", "type", "signer", "nonce", "payload", "cosigners"})
 
 
-@dataclass(frozen=True, slots=True)
-class SignedTx:
-    """A parsed, canonical transaction. ``raw`` is exactly the bytes that were submitted."""
+class SignedTx(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """A parsed, canonical transaction. ``raw`` is exactly the bytes that were submitted.
+
+    A msgspec Struct (not a dataclass) so that checked batches cross from the worker processes as
+    msgpack, which encodes and decodes several times faster than pickled dataclasses; ``gc=False``
+    because it holds no cycles and the GC need not scan the thousands waiting in a queue.
+    """
 
     raw: bytes
     body_bytes: bytes
@@ -165,6 +170,20 @@ def parse_tx(raw: bytes, chain: str) -> SignedTx:
         cosigners=cosigners,
         signatures=tuple(signatures),
     )
+
+
+_batch_encoder = msgspec.msgpack.Encoder()
+_batch_decoder = msgspec.msgpack.Decoder(list[SignedTx])
+
+
+def encode_batch(txs: list[SignedTx]) -> bytes:
+    """Checked transactions as msgpack, to send between processes (see :class:`SignedTx`)."""
+    return _batch_encoder.encode(txs)
+
+
+def decode_batch(data: bytes) -> list[SignedTx]:
+    """Inverse of :func:`encode_batch`; only for bytes a trusted worker of this node produced."""
+    return _batch_decoder.decode(data)
 
 
 def verify_tx_signatures(tx: SignedTx) -> None:
