@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from blokauto.cli import vehicles
+from blokauto.cli import network, vehicles
 from blokauto.cli.common import (
     DEFAULT_NODE,
     DataOpt,
@@ -304,6 +304,7 @@ def bench(
 
 
 vehicles.register(app)
+network.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The consortium network: JetStream ordering, network configuration and the local consortium."""
