@@ -31,10 +31,11 @@ from blokauto.crypto import canonical
 from blokauto.crypto.keys import b64, unb64
 from blokauto.crypto.note import verifier_key
 from blokauto.errors import BlokError, InputError, Rejected, StorageError
-from blokauto.ledger.chain import BlockResult, CheckpointSigner, Ledger
+from blokauto.ledger.chain import BlockResult, CheckpointSigner, Ledger, parse_block_extension
 from blokauto.ledger.state import nonce_key
 from blokauto.ledger.store import Store
 from blokauto.ledger.tx import SignedTx, decode_batch, encode_batch, parse_tx, verify_tx_signatures
+from blokauto.ordering.base import Batch
 from blokauto.ordering.solo import SoloOrderer
 
 log = logging.getLogger("blokauto.node")
@@ -48,6 +49,8 @@ class NodeConfig:
     max_block_txs: int = 4000
     idle_wait_s: float = 0.05
     synchronous: str = "NORMAL"
+    network: Any = None          # a blokauto.network.config.NetworkConfig: order through JetStream, cosign
+    final_wait_s: float = 2.0    # how long a proof waits for its checkpoint to be cosigned by a quorum
 
 
 def write_node_key(data_dir: Path, org_id: str, name: str, key: SigningKey) -> None:
@@ -156,7 +159,10 @@ class Node:
         self.registry = load_all()
         self.ledger = Ledger(self.store, self.registry, signer)
         self.chain = self.ledger.chain
-        self.orderer = SoloOrderer()
+        self.cosigner: Any = None
+        self.orderer: Any = SoloOrderer()
+        if self.config.network is not None:
+            self._start_network(self.config.network)
         self._lock = threading.Lock()
         self._waiting: dict[bytes, Waiter] = {}
         self._pending_nonce: dict[str, int] = {}
@@ -170,6 +176,87 @@ class Node:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    def _start_network(self, net: Any) -> None:
+        """Order through the consortium's JetStream stream and cosign checkpoints (ADR 0006)."""
+        from blokauto.network.config import connect_options
+        from blokauto.network.cosign import Cosigner
+        from blokauto.ordering.jetstream import JetStreamOrderer
+
+        if net.chain != self.chain or net.org != self.org_id:
+            raise InputError(f"the network file is for {net.org} on {net.chain}, this node is {self.org_id} on "
+                             f"{self.chain}", code="bad_network_config")
+        options = connect_options(net)
+        position = int(self.store.get_meta("stream_seq") or b"0")
+        self.cosigner = Cosigner(net.servers, self.chain, self.org_id, self.data_dir, keys=self.checkpoint_keys,
+                                 quorum=self.checkpoint_quorum, connect_options=options,
+                                 replicas=net.replicas).start()
+        # blocks committed but never handed to the cosigner (a crash between the two) get signed now
+        for height in range((self.cosigner.last_own_height() or 0) + 1, self.ledger.head.height + 1):
+            block = self.store.get_block(height)
+            if block is not None:
+                self.cosigner.publish(height, block[3])
+        self.orderer = JetStreamOrderer(
+            net.servers, self.chain, self.org_id, start_after=position, start_time_ms=self.ledger.head.time_ms,
+            max_block_txs=net.max_block_txs, cut_interval_s=net.cut_interval_ms / 1000, replicas=net.replicas,
+            connect_options=options).start()
+
+    @property
+    def networked(self) -> bool:
+        return self.cosigner is not None
+
+    def final_checkpoint(self, note: str, timeout_s: float | None = None) -> tuple[str, bool]:
+        """The quorum-signed version of one of our checkpoint notes (same text), waiting briefly for
+        the other organisations' signatures; ``(note, False)`` if it is not final in time."""
+        if self.cosigner is None:
+            return note, True
+        from blokauto.crypto.note import Checkpoint, parse_note
+
+        text, _ = parse_note(note)
+        block = parse_block_extension(Checkpoint.from_text(text).extensions)
+        if block is None:
+            return note, False
+        final = self.cosigner.wait_final(block[0], self.config.final_wait_s if timeout_s is None else timeout_s)
+        return (final, True) if final else (note, False)
+
+    def finalize(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """``obj`` (a proof, a state proof, a report bundle) with every copy of our checkpoint note
+        replaced by its quorum-signed version: same text, so every proof in it still holds."""
+        note = str(obj["checkpoint"] if "checkpoint" in obj else obj["state"]["checkpoint"])
+        final, is_final = self.final_checkpoint(note)
+        if final == note:
+            return obj, is_final
+
+        def swap(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: swap(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [swap(v) for v in value]
+            return final if value == note else value
+
+        swapped: dict[str, Any] = swap(obj)
+        return swapped, is_final
+
+    def latest_note(self) -> str:
+        """The checkpoint to show as 'the' latest: the latest final one on a network."""
+        if self.cosigner is not None:
+            latest = self.cosigner.latest_final()
+            if latest is not None:
+                return str(latest[1])
+        return self.ledger.head_checkpoint
+
+    def network_status(self) -> dict[str, Any]:
+        head = self.ledger.head
+        if self.cosigner is None:
+            return {"mode": "solo", "org": self.org_id, "height": head.height,
+                    "final": {"height": head.height, "signers": []}, "conflicts": []}
+        latest = self.cosigner.latest_final()
+        final = None
+        if latest is not None:
+            final = {"height": latest[0], "signers": self.cosigner.signers(latest[0])}
+        return {"mode": "network", "org": self.org_id, "height": head.height, "final": final,
+                "stream_seq": int(self.store.get_meta("stream_seq") or b"0"),
+                "conflicts": self.cosigner.conflicts(), "quorum": self.checkpoint_quorum()}
+
     def start(self) -> Node:
         if self._committer is None:
             self._committer = threading.Thread(target=self._run, name="committer", daemon=True)
@@ -182,6 +269,8 @@ class Node:
         if self._committer is not None:
             self._committer.join(timeout=30)
             self._committer = None
+        if self.cosigner is not None:
+            self.cosigner.close()
         if self._procs is not None:
             self._procs.shutdown(wait=True)
         self._fail_waiting(StorageError("node stopped", code="node_stopped"))
@@ -247,7 +336,14 @@ class Node:
                                code="stale_nonce", http_status=409)
             self._pending_nonce[tx.signer] = tx.nonce
             self._waiting[tx.hash] = future
-        self.orderer.submit(tx)
+        try:
+            self.orderer.submit(tx)
+        except BaseException:
+            with self._lock:
+                self._waiting.pop(tx.hash, None)
+                if self._pending_nonce.get(tx.signer) == tx.nonce:
+                    del self._pending_nonce[tx.signer]
+            raise
         return future
 
     def submit(self, raw: bytes) -> Future[dict[str, Any]]:
@@ -299,15 +395,32 @@ class Node:
             metrics.QUEUE_DEPTH.set(self.orderer.depth())
             if not batch:
                 continue
+            time_ms, meta = int(time.time() * 1000), None
+            if isinstance(batch, Batch):
+                for ref, code in batch.dropped:
+                    metrics.REJECTIONS.labels(code=code, stage="order").inc()
+                    log.warning("dropped from the order", extra={"ref": ref, "code": code})
+                if batch.time_ms is not None:
+                    time_ms = batch.time_ms
+                if batch.position is not None:
+                    meta = {"stream_seq": str(batch.position).encode()}
+                txs: Any = batch.txs
+                if not txs:
+                    continue
+            else:
+                txs = batch
             started = time.perf_counter()
             try:
-                result = self.ledger.apply_block(batch, int(time.time() * 1000))
+                result = self.ledger.apply_block(txs, time_ms, meta)
             except BaseException as exc:  # storage failure: stop committing, keep what is committed
                 log.exception("block commit failed; the node stops committing")
                 self._fatal = exc
                 self._fail_waiting(StorageError(f"commit failed: {exc}", code="commit_failed"))
                 return
             metrics.BLOCK_SECONDS.observe(time.perf_counter() - started)
+            if self.cosigner is not None and result.header.height > 0 and result.outcomes \
+                    and any(o.receipt is not None for o in result.outcomes):
+                self.cosigner.publish(result.header.height, result.checkpoint)
             self._resolve(result)
 
     def _resolve(self, result: BlockResult) -> None:

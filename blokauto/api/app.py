@@ -150,7 +150,8 @@ def create_app(node: Node) -> FastAPI:
         if tx_type is None or not tx_type.public:
             guard_vehicle_tx(body, authorization)
         receipt = {"tx": tx_hash, "height": height, "leaf_index": index, **decoded["result"]}
-        return {"receipt": receipt, "transaction": decoded["tx"], "proof": proofs.build_record_proof(store, index)}
+        proof, final = node.finalize(proofs.build_record_proof(store, index))
+        return {"receipt": receipt, "transaction": decoded["tx"], "proof": proof, "final": final}
 
     @app.get("/v1/accounts/{did}/nonce", tags=["transactions"])
     def get_nonce(did: str) -> dict[str, Any]:
@@ -164,8 +165,13 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/v1/checkpoint", tags=["proofs"], response_class=PlainTextResponse)
     def get_checkpoint() -> PlainTextResponse:
         """The latest checkpoint: a C2SP tlog-checkpoint signed note."""
-        _, _, note = proofs.latest_checkpoint(store)
-        return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
+        return PlainTextResponse(node.latest_note(), media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/network", tags=["node"])
+    def get_network() -> dict[str, Any]:
+        """Ordering mode, the latest final (quorum-signed) checkpoint and its signers, and evidence of
+        organisations whose checkpoints differed from ours."""
+        return node.network_status()
 
     @app.get("/v1/checkpoint/keys", tags=["proofs"], response_class=PlainTextResponse)
     def get_checkpoint_keys() -> PlainTextResponse:
@@ -211,7 +217,8 @@ def create_app(node: Node) -> FastAPI:
         if not key.startswith(PUBLIC_STATE_PREFIXES):
             member_of(authorization)
         if proof:
-            return proofs.build_state_proof(store, key)
+            state, final = node.finalize(proofs.build_state_proof(store, key))
+            return {**state, "final": final}
         encoded = store.get_state(key)
         return {"key": key, "value": None if encoded is None else canonical.decode(encoded)}
 

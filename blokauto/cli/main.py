@@ -104,6 +104,8 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
     synchronous: Annotated[str, typer.Option(help="SQLite synchronous: NORMAL (survives kill -9) or FULL "
                                                   "(also power loss).")] = "NORMAL",
+    network: Annotated[Path | None, typer.Option(help="Network file (JSON): order through the consortium's "
+                                                      "JetStream cluster and cosign checkpoints.")] = None,
 ) -> None:
     """Run a node: the HTTP API (docs at /docs), pages and the committer."""
     import uvicorn
@@ -118,7 +120,12 @@ def serve(
     from blokauto.runtime import tune_process
 
     tune_process()
-    with Node(data, NodeConfig(synchronous=synchronous.upper())) as node:
+    net = None
+    if network is not None:
+        from blokauto.network.config import load_network_config
+
+        net = load_network_config(network)
+    with Node(data, NodeConfig(synchronous=synchronous.upper(), network=net)) as node:
         err.print(f"[green]serving[/] {node.chain} (height {node.ledger.head.height}) on http://{host}:{port} "
                   f"— docs at http://{host}:{port}/docs")
         uvicorn.run(create_app(node), host=host, port=port, log_config=None, access_log=False)

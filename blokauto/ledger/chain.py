@@ -329,17 +329,19 @@ class Ledger:
         state.pending.update(encoded)
         return _result_json("ok", events=ctx.events)
 
-    def apply_block(self, txs: Sequence[SignedTx], time_ms: int) -> BlockResult:
-        """Execute ``txs`` in order as the next block and commit it atomically."""
+    def apply_block(self, txs: Sequence[SignedTx], time_ms: int,
+                    meta: dict[str, bytes] | None = None) -> BlockResult:
+        """Execute ``txs`` in order as the next block and commit it atomically (with ``meta``, such as
+        the ordering service's position, in the same transaction)."""
         self.store.begin_block()
         try:
-            return self._apply_block(txs, time_ms)
+            return self._apply_block(txs, time_ms, meta)
         except BaseException:
             self.store.abort_block()
             self._reload()
             raise
 
-    def _apply_block(self, txs: Sequence[SignedTx], time_ms: int) -> BlockResult:
+    def _apply_block(self, txs: Sequence[SignedTx], time_ms: int, meta: dict[str, bytes] | None) -> BlockResult:
         head = self.head
         height = head.height + 1
         time_ms = max(time_ms, head.time_ms)
@@ -386,11 +388,12 @@ class Ledger:
             self.store.abort_block()
             return BlockResult(header=head, block_hash=self.head_hash, checkpoint=self.head_checkpoint,
                                outcomes=outcomes)
-        return self._commit(height, time_ms, pending, leaves, leaf_hashes, subjects, outcomes)
+        return self._commit(height, time_ms, pending, leaves, leaf_hashes, subjects, outcomes, meta)
 
     def _commit(self, height: int, time_ms: int, pending: dict[str, bytes | None],
                 leaves: list[tuple[int, int, bytes, bytes]], leaf_hashes: list[bytes],
-                subjects: list[tuple[str, int]], outcomes: list[TxOutcome]) -> BlockResult:
+                subjects: list[tuple[str, int]], outcomes: list[TxOutcome],
+                meta: dict[str, bytes] | None = None) -> BlockResult:
         # (a failure anywhere here is rolled back and the view reloaded by apply_block)
         changes = {state_key_hash(k): None if enc is None else state_value_hash(enc)
                    for k, enc in pending.items()}
@@ -406,7 +409,7 @@ class Ledger:
         self.store.commit_block(BlockWrite(
             height=height, block_hash=block_hash, header=header.encode(), state_root_id=root_id,
             checkpoint=checkpoint, leaves=leaves, subjects=subjects, log_nodes=log_nodes, smt_nodes=smt_nodes,
-            state_puts=puts, state_deletes=deletes,
+            state_puts=puts, state_deletes=deletes, meta=meta or {},
         ))
         cache = self._cache
         if len(cache) + len(pending) >= STATE_CACHE_ENTRIES:
