@@ -391,7 +391,13 @@ class Node:
     def _run(self) -> None:
         cfg = self.config
         while not self._stop.is_set():
-            batch = self.orderer.next_batch(cfg.max_block_txs, cfg.idle_wait_s)
+            try:
+                batch = self.orderer.next_batch(cfg.max_block_txs, cfg.idle_wait_s)
+            except BlokError as exc:   # the order is gone under our position: never guess, stop committing
+                log.exception("the ordering service failed; the node stops committing")
+                self._fatal = exc
+                self._fail_waiting(exc)
+                return
             metrics.QUEUE_DEPTH.set(self.orderer.depth())
             if not batch:
                 continue
@@ -401,6 +407,8 @@ class Node:
                     metrics.REJECTIONS.labels(code=code, stage="order").inc()
                     log.warning("dropped from the order", extra={"ref": ref, "code": code})
                 if batch.time_ms is not None:
+                    # on restart the orderer resumes with the head's (clamped) time: the same blocks,
+                    # because the executor's clamp is max(previous, t)
                     time_ms = batch.time_ms
                 if batch.position is not None:
                     meta = {"stream_seq": str(batch.position).encode()}

@@ -13,10 +13,10 @@ the next run with the marker's own time exactly as before, or (after a split at 
 the rest of the same run, whose time is that block's time. Had the position included the closing
 marker, the restarted node would have to know that marker's time, which the block does not carry.
 
-Dedupe: ``Nats-Msg-Id`` is the transaction hash, which covers the body but not the signatures. When
-the stream answers "duplicate", ``submit`` compares the stored bytes with its own and raises
-``NetworkError(code="duplicate_conflict", http_status=409)`` if they differ (a copy with a bad
-signature got there first), instead of returning a sequence whose message every node drops.
+Dedupe: ``Nats-Msg-Id`` is SHA-256 of the wire bytes (body *and* signatures), so a copy of a body
+with a bad signature published first cannot shadow the honest submission; an identical resubmission
+within the window is stored once, and replays outside it fall to the nonce rule. ``submit`` still
+compares the stored bytes on a "duplicate" answer (``duplicate_conflict``, 409) as a safety net.
 
 A closed chunk whose messages were all dropped comes out as a ``Batch`` with ``txs == []`` (and
 its ``dropped``): it makes no block; a restarted node re-reads and drops those messages again.
@@ -507,7 +507,7 @@ class JetStreamOrderer:
             try:
                 attempt_s = max(0.05, min(REQUEST_TIMEOUT_S, deadline - time.monotonic()))
                 ack = await self._js.publish(self.tx_subject, tx.raw, timeout=attempt_s,
-                                             headers={"Nats-Msg-Id": tx.hash_hex,
+                                             headers={"Nats-Msg-Id": hashlib.sha256(tx.raw).hexdigest(),
                                                       "Nats-Expected-Stream": self.stream_name})
                 if ack.duplicate:
                     await self._check_duplicate(ack.seq, tx)
