@@ -1,0 +1,174 @@
+"""The consortium network with real processes: a 3-server JetStream cluster and one node process per
+organisation, as `blokauto network up` starts them. Convergence, cosigned finality, a server and a
+node killed under load (no acknowledged transaction lost, catch-up), a forged message published
+straight into the stream, and a node whose state was tampered with, detected and named."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import nats
+import pytest
+
+from blokauto.client import Client
+from blokauto.demo import demo_admin
+from blokauto.errors import BlokError
+from blokauto.ledger.proofs import verify_record_proof
+from blokauto.ledger.tx import sign_tx
+from blokauto.network import local
+from blokauto.ordering.jetstream import stream_id
+
+pytestmark = pytest.mark.slow
+ORGS = ["nordwerk", "kestrel-parts", "autohaus-lenz"]
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    directory = tmp_path_factory.mktemp("network")
+    state = local.network_up(directory, orgs=3, servers=3)
+    try:
+        yield {"dir": directory, "state": state, "urls": {n["org"]: n["api_url"] for n in state["nodes"]}}
+    finally:
+        local.network_down(directory)
+
+
+def digest(label: str) -> str:
+    return hashlib.sha256(label.encode()).hexdigest()
+
+
+def anchor(client: Client, label: str) -> dict[str, Any]:
+    return client.submit("notary.anchor", {"digest": digest(label), "kind": "invoice"})
+
+
+def views(net: dict[str, Any], orgs: list[str] | None = None) -> dict[str, tuple[int, str, int | None]]:
+    out = {}
+    for org, url in net["urls"].items():
+        if orgs is not None and org not in orgs:
+            continue
+        with Client(url) as c:
+            status, info = c.status(), c._json("GET", "/v1/network")
+        out[org] = (status["height"], status["state_root"], (info["final"] or {}).get("height"))
+    return out
+
+
+def converge(net: dict[str, Any], orgs: list[str] | None = None, timeout_s: float = 30) -> tuple[int, str]:
+    """Wait until the given nodes sit at the same height and state root, final at that height."""
+    deadline = time.time() + timeout_s
+    while True:
+        seen = views(net, orgs)
+        heads = {(h, root) for h, root, _ in seen.values()}
+        if len(heads) == 1 and all(final == h for h, _, final in seen.values()):
+            return next(iter(heads))
+        if time.time() > deadline:
+            raise AssertionError(f"nodes did not converge: {seen}")
+        time.sleep(0.2)
+
+
+def test_nodes_converge_and_cosign(network: dict[str, Any]) -> None:
+    clients = [Client(network["urls"][org], demo_admin(org)) for org in ORGS]
+    receipts = [anchor(clients[i % 3], f"converge {i}") for i in range(30)]
+    assert all(r["status"] == "ok" for r in receipts)
+    converge(network)
+    keys, quorum = clients[0].checkpoint_keys()
+    assert quorum == 2 and len(keys) == 3
+    # a receipt proven against a quorum-signed checkpoint, fetched from another node than the submitter
+    reader = Client(network["urls"]["autohaus-lenz"], demo_admin("autohaus-lenz"))
+    reader.login()
+    record = reader.tx(receipts[0]["tx"])
+    assert record["final"] is True
+    assert verify_record_proof(record["proof"], keys, quorum)["result"]["status"] == "ok"
+
+
+def test_a_server_and_a_node_die_under_load_and_nothing_acknowledged_is_lost(network: dict[str, Any]) -> None:
+    directory, acked, stop = network["dir"], [], threading.Event()
+
+    def load(org: str) -> None:
+        client, n = Client(network["urls"][org], demo_admin(org)), 0
+        while not stop.is_set():
+            n += 1
+            try:
+                acked.append(anchor(client, f"load {org} {n} {time.time()}")["tx"])
+            except BlokError:
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=load, args=(org,)) for org in ("nordwerk", "autohaus-lenz")]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        assert local.stop_process(directory, "n2")
+        assert local.stop_process(directory, "kestrel-parts")
+        during = len(acked)
+        time.sleep(3)
+        assert len(acked) > during + 20, "the network stopped committing with a quorum up"
+        converge(network, ["nordwerk", "autohaus-lenz"])          # two of three still make final checkpoints
+        local.start_process(directory, "n2")
+        local.start_process(directory, "kestrel-parts")
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    converge(network, timeout_s=60)
+    restarted = Client(network["urls"]["kestrel-parts"], demo_admin("kestrel-parts"))
+    restarted.login()
+    missing = [h for h in acked if "receipt" not in restarted._json("GET", f"/v1/tx/{h}")]
+    assert missing == []
+
+
+def test_a_forged_message_in_the_stream_is_dropped_by_every_node(network: dict[str, Any]) -> None:
+    chain = network["state"]["chain"]
+    good = sign_tx(chain, "notary.anchor", demo_admin("nordwerk"), 10_000_000,
+                   {"digest": digest("forged"), "kind": "invoice"})
+    forged = good.replace(b'"signatures":["', b'"signatures":["A', 1).replace(b'A==', b'==', 1)
+    before = views(network)
+
+    async def publish() -> None:
+        nc = await nats.connect(network["state"]["nats"][0]["url"])
+        js = nc.jetstream()
+        await js.publish(f"blokauto.{stream_id(chain)}.tx", forged)
+        await js.publish(f"blokauto.{stream_id(chain)}.tx", b"not even json")
+        await nc.close()
+
+    asyncio.run(publish())
+    anchor(Client(network["urls"]["nordwerk"], demo_admin("nordwerk")), "after the forgery")
+    height, _ = converge(network)
+    assert height == max(h for h, _, _ in before.values()) + 1      # only the honest transaction made a block
+    reader = Client(network["urls"]["kestrel-parts"], demo_admin("kestrel-parts"))
+    reader.login()
+    with pytest.raises(BlokError) as absent:
+        reader.tx(hashlib.sha256(b"x").hexdigest())
+    assert absent.value.code == "unknown_tx"
+
+
+def test_a_tampered_node_is_detected_and_named(network: dict[str, Any]) -> None:
+    directory, victim = network["dir"], "autohaus-lenz"
+    honest = Client(network["urls"]["nordwerk"], demo_admin("nordwerk"))
+    assert anchor(honest, "the invoice")["status"] == "ok"
+    converge(network)
+    # the victim's operator deletes a record behind the ledger's back
+    local.stop_process(directory, victim)
+    db = sqlite3.connect(directory / "nodes" / victim / "ledger.sqlite")
+    with db:
+        assert db.execute("DELETE FROM state WHERE k = ?", (f"notary/{digest('the invoice')}",)).rowcount == 1
+    db.close()
+    local.start_process(directory, victim)
+    # the same document again: honest nodes refuse it, the tampered node accepts it -> different roots
+    assert anchor(honest, "the invoice")["code"] == "already_anchored"
+    deadline = time.time() + 30
+    while True:
+        info = Client(network["urls"]["nordwerk"])._json("GET", "/v1/network")
+        named = {c["signer"] for c in info["conflicts"]}
+        if any(victim in name for name in named):
+            break
+        assert time.time() < deadline, f"no conflict recorded: {info}"
+        time.sleep(0.2)
+    converge(network, ["nordwerk", "kestrel-parts"])                # the honest two still finalise
+    status = views(network)
+    assert status[victim][1] != status["nordwerk"][1]
