@@ -292,6 +292,9 @@ def bench(
     reports: Annotated[bool, typer.Option(help="Also measure vehicle reports on a committed fleet.")] = True,
     report_vehicles: Annotated[int, typer.Option(help="Vehicles in the reports ledger.")] = 1_000,
     report_events: Annotated[int, typer.Option(help="Events per vehicle after its registration.")] = 49,
+    network: Annotated[bool | None, typer.Option(help="Also measure a local 3-node network (default: on, "
+                                                      "off with --quick).")] = None,
+    network_n: Annotated[int, typer.Option(help="Transactions for the network run.")] = 20_000,
 ) -> None:
     """Measure committed tx/s through the real path beside same-run baselines, then report speed."""
     from blokauto.bench import run_bench
@@ -303,10 +306,26 @@ def bench(
 
         results["reports"] = run_report_bench(50 if quick else report_vehicles, 9 if quick else report_events,
                                               samples=40 if quick else 300, log=say)
+    if network if network is not None else not quick:
+        from blokauto.bench_network import run_network_bench
+
+        net = run_network_bench(network_n, log=say)
+        single = results["blokauto"]["tx_per_s"]
+        net["lines"] = [
+            f"network, 3 JetStream servers + 3 nodes on this machine, to final (quorum-signed) checkpoints: "
+            f"{net['tx_per_s']:,.0f} tx/s",
+            f"ratio network / single node (same run, {single:,.0f} tx/s): {net['tx_per_s'] / single:.2f} "
+            "(target >= 0.5)",
+            f"submission -> final checkpoint at a steady {net['steady_rate']:,.0f} tx/s: "
+            f"p50 {net['final_latency_p50_s'] * 1000:,.0f} ms, p99 {net['final_latency_p99_s'] * 1000:,.0f} ms "
+            f"over {net['probes']} probes (target p99 <= 1 s); all nodes same state root: {net['converged']}",
+        ]
+        results["network"] = net
     if json_out:
         print_json(results)
         return
-    for line in [*results["lines"], *results.get("reports", {}).get("lines", [])]:
+    for line in [*results["lines"], *results.get("reports", {}).get("lines", []),
+                 *results.get("network", {}).get("lines", [])]:
         sys.stdout.write(line + "\n")
 
 
