@@ -105,8 +105,20 @@ def _build(store: Store, vin: str, keys: list[str], quorum: int, conn: sqlite3.C
     for index in evidence:
         leaf_bytes_of[index] = rows[index][2]
 
+    # every proof's node ids first (a dry run), then one batched read for all of them
+    wanted: set[int] = set()
+
+    def record(ids: list[int]) -> dict[int, bytes]:
+        wanted.update(ids)
+        return dict.fromkeys(ids, bytes(32))
+
+    everything = [*ordered, *evidence]
+    for index in everything:
+        inclusion_proof(record, index, size)
+    nodes = store.get_log_nodes(sorted(wanted), conn)
+
     def proof_of(index: int) -> dict[str, Any]:
-        path = inclusion_proof(lambda ids: store.get_log_nodes(ids, conn), index, size)
+        path = inclusion_proof(lambda ids: nodes, index, size)
         return {"leaf_index": index, "tree_size": size, "leaf": proofs.b64(leaf_bytes_of[index]),
                 "inclusion_proof": [proofs.b64(h) for h in path], "checkpoint": checkpoint}
 
