@@ -73,23 +73,28 @@ def read_node_key(data_dir: Path) -> tuple[str, CheckpointSigner]:
 
 
 def init_ledger(data_dir: Path, genesis: dict[str, Any], org_id: str, node_key: SigningKey,
-                synchronous: str = "NORMAL") -> None:
-    """Create a new data directory holding block 0 of ``genesis``, run by ``org_id``'s node."""
+                synchronous: str = "NORMAL", *, joining: bool = False) -> None:
+    """Create a new data directory holding block 0 of ``genesis``, run by ``org_id``'s node.
+
+    ``joining``: the organisation is not a founder; the consortium admits it (with this node key)
+    by a governance transaction, which the node will replay like every other block."""
     data_dir = Path(data_dir)
     parsed = governance.parse_genesis(genesis)
     org = next((o for o in parsed.orgs if o.id == org_id), None)
-    if org is None:
-        raise InputError(f"organisation {org_id} is not in the genesis", code="bad_genesis")
-    if org.node is None or org.node.public_key != b64(bytes(node_key.verify_key)):
+    if org is None and not joining:
+        raise InputError(f"organisation {org_id} is not in the genesis (a new member: --joining)",
+                         code="bad_genesis")
+    if org is not None and (org.node is None or org.node.public_key != b64(bytes(node_key.verify_key))):
         raise InputError(f"the genesis does not name this node key for {org_id}", code="bad_genesis")
+    key_name = org.node.name if org is not None and org.node is not None else f"{parsed.chain}/{org_id}"
     data_dir.mkdir(parents=True, exist_ok=True)
     if (data_dir / NODE_KEY_FILE).exists() or (data_dir / "ledger.sqlite").exists():
         raise StorageError(f"{data_dir} already holds a ledger", code="ledger_exists")
-    write_node_key(data_dir, org_id, org.node.name, node_key)
+    write_node_key(data_dir, org_id, key_name, node_key)
     store = Store(data_dir, create=True, synchronous=synchronous)
     try:
         Ledger.create(store, load_all(), genesis, governance.apply_genesis,
-                      CheckpointSigner(org.node.name, node_key))
+                      CheckpointSigner(key_name, node_key))
     finally:
         store.close()
     (data_dir / "genesis.json").write_bytes(canonical.encode(genesis) + b"\n")

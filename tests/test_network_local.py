@@ -262,7 +262,7 @@ def test_node_processes_lifecycle(net_dir: Path, monkeypatch: pytest.MonkeyPatch
     rows = network_status(net)
     nodes = [r for r in rows if r["kind"] == "node"]
     assert all(r["alive"] and r["reachable"] and r["height"] == 0 for r in nodes)
-    assert nodes[0]["state_root"] == nodes[1]["state_root"] and nodes[0]["network"] is None   # 404 tolerated
+    assert nodes[0]["state_root"] == nodes[1]["state_root"] and nodes[0]["network"]["mode"] == "solo"
 
     runner = CliRunner()
     result = runner.invoke(network_app, ["status", "--dir", str(net), "--json"])

@@ -174,8 +174,8 @@ def world(env: Env, monkeypatch: pytest.MonkeyPatch) -> World:
     clock = Clock()
     apply_block = env.node.ledger.apply_block
 
-    def shifted(txs: Any, time_ms: int) -> Any:
-        return apply_block(txs, time_ms + clock.offset_ms)
+    def shifted(txs: Any, time_ms: int, meta: Any = None) -> Any:
+        return apply_block(txs, time_ms + clock.offset_ms, meta)
 
     monkeypatch.setattr(env.node.ledger, "apply_block", shifted)
     return World(env, clock)

@@ -68,6 +68,7 @@ def init(
     genesis: Annotated[Path | None, typer.Option(help="Genesis document (JSON) of a real consortium.")] = None,
     org: Annotated[str | None, typer.Option(help="With --genesis: the organisation running this node.")] = None,
     node_key: Annotated[Path | None, typer.Option(help="With --genesis: keystore of this node's key.")] = None,
+    joining: Annotated[bool, typer.Option(help="With --genesis: an organisation admitted after genesis.")] = False,
     password_env: PasswordEnv = "BLOKAUTO_PASSWORD",
     fleet: Annotated[int, typer.Option("--fleet", min=0,
                                        help="With --demo: sample vehicles with a history (0: none).")] = 300,
@@ -93,7 +94,7 @@ def init(
         doc = canonical.decode(canonical.encode(json.loads(genesis.read_text())))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read genesis {genesis}: {exc}", code="bad_genesis") from None
-    init_ledger(data, doc, org, read_keystore(node_key, password_from(password_env)))
+    init_ledger(data, doc, org, read_keystore(node_key, password_from(password_env)), joining=joining)
     out.print(f"[green]ledger created[/] in {data} for {org}")
 
 
