@@ -106,10 +106,12 @@ def test_a_server_and_a_node_die_under_load_and_nothing_acknowledged_is_lost(net
         assert local.stop_process(directory, "kestrel-parts")
         during = len(acked)
         final_before = views(network, ["nordwerk"])["nordwerk"][2] or 0
-        time.sleep(3)
-        assert len(acked) > during + 20, "the network stopped committing with a quorum up"
-        # two of three organisations still make final checkpoints
-        assert (views(network, ["nordwerk"])["nordwerk"][2] or 0) > final_before
+        # with a quorum up the network keeps committing, and two of three organisations keep finalising
+        # (a client of the dead server reconnects within seconds; how fast is not what this asserts)
+        deadline = time.time() + 60
+        while len(acked) <= during + 20 or (views(network, ["nordwerk"])["nordwerk"][2] or 0) <= final_before:
+            assert time.time() < deadline, "the network stopped committing with a quorum up"
+            time.sleep(0.2)
     finally:
         local.start_process(directory, "n2")
         local.start_process(directory, "kestrel-parts")
