@@ -163,6 +163,7 @@ TAMPERS = {
     "state-tree node": ("smt_chunks", "chunk", "nodes", "chunk = 0", 2 * 113 + 30),
     "log node": ("log_nodes", "id", "hash", "id = 4 << 48", 0),  # levels below 4 are folded from leaves
     "transaction index": ("leaves", "idx", "txhash", "idx = 7", 3),
+    "stored leaf hash": ("leaves", "idx", "lh", "idx = 6", 9),   # what proofs fold the low log levels from
     "checkpoint": ("blocks", "height", "checkpoint", "height = 3", 5),
 }
 

@@ -160,6 +160,7 @@ def _compare_tables(store: Store, replay: Store, head: int, report: AuditReport)
         ("smt_chunks", "chunk", "nodes", "state-tree node chunk"),
         ("state", "k", "v", "state row"),
         ("leaves", "idx", "txhash", "transaction index entry"),
+        ("leaves", "idx", "lh", "stored leaf hash"),
         ("subjects", "subject || '#' || printf('%020d', idx)", "idx", "subject index entry"),
         ("blocks", "height", "state_root_id", "block state-tree pointer"),
     ):

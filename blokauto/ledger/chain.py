@@ -409,7 +409,7 @@ class Ledger:
         self.store.commit_block(BlockWrite(
             height=height, block_hash=block_hash, header=header.encode(), state_root_id=root_id,
             checkpoint=checkpoint, leaves=leaves, subjects=subjects, log_nodes=log_nodes, smt_nodes=smt_nodes,
-            state_puts=puts, state_deletes=deletes, meta=meta or {},
+            state_puts=puts, state_deletes=deletes, meta=meta or {}, leaf_hashes=leaf_hashes,
         ))
         cache = self._cache
         if len(cache) + len(pending) >= STATE_CACHE_ENTRIES:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from blokauto.crypto.merkle import leaf_hash, node_hash
+from blokauto.crypto.merkle import node_hash
 from blokauto.errors import StorageError
 
 SCHEMA = """
@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS leaves (
     idx INTEGER PRIMARY KEY,
     height INTEGER NOT NULL,
     txhash BLOB NOT NULL,
+    lh BLOB NOT NULL,
     leaf BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS leaves_by_tx ON leaves (txhash);
@@ -70,6 +71,7 @@ class BlockWrite:
     state_puts: list[tuple[str, bytes]]
     state_deletes: list[tuple[str]]
     meta: Mapping[str, bytes] | None = None
+    leaf_hashes: Sequence[bytes] = ()                    # RFC 6962 leaf hash of each leaf, same order
 
 
 def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL") -> sqlite3.Connection:
@@ -179,7 +181,10 @@ class Store:
                 "INSERT INTO blocks (height, hash, header, state_root_id, checkpoint) VALUES (?, ?, ?, ?, ?)",
                 (w.height, w.block_hash, w.header, w.state_root_id, w.checkpoint),
             )
-            conn.executemany("INSERT INTO leaves (idx, height, txhash, leaf) VALUES (?, ?, ?, ?)", w.leaves)
+            if len(w.leaf_hashes) != len(w.leaves):
+                raise StorageError("every leaf needs its leaf hash", code="corrupt_store")
+            conn.executemany("INSERT INTO leaves (idx, height, txhash, lh, leaf) VALUES (?, ?, ?, ?, ?)",
+                             [(i, h, t, lh, leaf) for (i, h, t, leaf), lh in zip(w.leaves, w.leaf_hashes, strict=True)])
             conn.executemany("INSERT INTO subjects (subject, idx) VALUES (?, ?)", w.subjects)
             conn.executemany("INSERT INTO log_nodes (id, hash) VALUES (?, ?)", w.log_nodes)
             conn.executemany("INSERT OR REPLACE INTO smt_chunks (chunk, nodes) VALUES (?, ?)",
@@ -248,8 +253,10 @@ class Store:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for idx, leaf in conn.execute(f"SELECT idx, leaf FROM leaves WHERE idx IN ({marks})", chunk):
-                hashes[idx] = leaf_hash(bytes(leaf))
+            # the stored leaf hash (32 bytes, before the leaf in the row) spares reading and hashing the leaf;
+            # `blokauto verify` recomputes every stored leaf hash from its leaf
+            for idx, lh in conn.execute(f"SELECT idx, lh FROM leaves WHERE idx IN ({marks})", chunk):
+                hashes[idx] = bytes(lh)
         found: dict[int, bytes] = {}
         for node_id, first, count in spans:
             if any(first + k not in hashes for k in range(count)):
