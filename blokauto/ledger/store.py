@@ -74,7 +74,12 @@ class BlockWrite:
     leaf_hashes: Sequence[bytes] = ()                    # RFC 6962 leaf hash of each leaf, same order
 
 
-def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL") -> sqlite3.Connection:
+WRITER_CACHE_KIB = 65_536     # the committer's page cache: the hot state tree and indexes stay in it
+READER_CACHE_KIB = 8_192      # each API thread has a reader; dozens of 64 MiB caches would make RSS grow for good
+
+
+def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL",
+            cache_kib: int | None = None) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
     else:
@@ -82,7 +87,8 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL") 
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA journal_size_limit=67108864")  # WAL shrinks back to 64 MiB after a reset
-    conn.execute("PRAGMA cache_size=-65536")
+    kib = cache_kib if cache_kib is not None else (READER_CACHE_KIB if readonly else WRITER_CACHE_KIB)
+    conn.execute(f"PRAGMA cache_size=-{int(kib)}")
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.execute("PRAGMA mmap_size=0")
     return conn
@@ -123,7 +129,7 @@ class Store:
             return
         self.writer.execute("PRAGMA wal_autocheckpoint=0")
         self._stop_checkpoints = threading.Event()
-        conn = connect(self.path, synchronous=self._synchronous)
+        conn = connect(self.path, synchronous=self._synchronous, cache_kib=2_048)   # checkpoints only
 
         def run() -> None:
             try:
