@@ -205,10 +205,6 @@ class Node:
             max_block_txs=net.max_block_txs, cut_interval_s=net.cut_interval_ms / 1000, replicas=net.replicas,
             connect_options=options).start()
 
-    @property
-    def networked(self) -> bool:
-        return self.cosigner is not None
-
     def final_checkpoint(self, note: str, timeout_s: float | None = None) -> tuple[str, bool]:
         """The quorum-signed version of one of our checkpoint notes (same text), waiting briefly for
         the other organisations' signatures; ``(note, False)`` if it is not final in time."""
@@ -309,6 +305,14 @@ class Node:
         if encoded is _MISS:
             encoded = self.store.get_state(key)
         return None if encoded is None else canonical.decode_trusted(encoded)
+
+    def active_member(self, did: str) -> dict[str, Any] | None:
+        """The member record of an active key of an active organisation, else None."""
+        record = self.read_state(f"id/key/{did}")
+        if record is None or record.get("status") != "active":
+            return None
+        org = self.read_state(f"id/org/{record['org']}")
+        return dict(record) if org is not None and org.get("status") == "active" else None
 
     def _check_auth(self, tx: SignedTx) -> None:
         _, code, message = self.ledger.check_auth(_ReaderState(self), tx, self.registry[tx.type])

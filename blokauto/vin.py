@@ -45,6 +45,13 @@ def normalise_vin(text: str) -> str:
     return text.strip().replace(" ", "").upper()
 
 
+def canonical_vin(text: str) -> str:
+    """A typed VIN, normalised and validated (``bad_vin`` otherwise); API and CLI only."""
+    vin = normalise_vin(text)
+    parse_vin(vin)
+    return vin
+
+
 def parse_vin(vin: str) -> VinInfo:
     """Validate a canonical VIN and decode its maker; raises :class:`InputError` (``bad_vin``).
 

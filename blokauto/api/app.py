@@ -100,9 +100,8 @@ def create_app(node: Node) -> FastAPI:
 
     def member_of(authorization: str | None) -> dict[str, Any]:
         did = tokens.did_of(authorization)
-        record = node.read_state(f"id/key/{did}")
-        org = None if record is None else node.read_state(f"id/org/{record['org']}")
-        if record is None or record.get("status") != "active" or org is None or org.get("status") != "active":
+        record = node.active_member(did)
+        if record is None:
             raise Unauthorized("the token's key is not an active member key of an active organisation",
                                code="not_a_member", http_status=403)
         return {"did": did, **record}

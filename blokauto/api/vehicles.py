@@ -25,7 +25,7 @@ from blokauto.reports import queries
 from blokauto.reports.bundle import build_bundle, verify_bundle
 from blokauto.reports.history import build_view, public_summary
 from blokauto.reports.share import open_share_token
-from blokauto.vin import normalise_vin, parse_vin
+from blokauto.vin import canonical_vin, normalise_vin
 
 READ_ROLES = frozenset({"registry", "regulator"})
 ReportFormat = Literal["json", "html", "pdf"]
@@ -47,23 +47,11 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
     """Register the routes; returns the check :func:`create_app` uses to guard vehicle transactions."""
     store = node.store
 
-    def checked_vin(text: str) -> str:
-        vin = normalise_vin(text)
-        parse_vin(vin)
-        return vin
-
     def record_of(vin: str) -> dict[str, Any]:
         record = node.read_state(f"vehicle/{vin}")
         if record is None:
             raise NotFound(f"no vehicle {vin} is registered", code="unknown_vehicle")
         return dict(record)
-
-    def active_member(did: str) -> dict[str, Any] | None:
-        record = node.read_state(f"id/key/{did}")
-        if record is None or record.get("status") != "active":
-            return None
-        org = node.read_state(f"id/org/{record['org']}")
-        return dict(record) if org is not None and org.get("status") == "active" else None
 
     def require_reader(vin: str, record: dict[str, Any], authorization: str | None, share: str | None) -> None:
         if share:
@@ -75,7 +63,7 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
                                    code="share_revoked", http_status=403)
             return
         did = tokens.did_of(authorization)
-        if not entitled(record, did, active_member(did)):
+        if not entitled(record, did, node.active_member(did)):
             raise Unauthorized("the vehicle's history is for its owner, holders of the owner's share link, and "
                                "members whose role needs it", code="not_entitled", http_status=403)
 
@@ -115,9 +103,9 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
                     authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """A vehicle's record (title holder key, status, liens, head event) for members and its owner;
         ``?proof=1`` adds its state proof."""
-        vin = checked_vin(vin)
+        vin = canonical_vin(vin)
         did = tokens.did_of(authorization)
-        if active_member(did) is None:
+        if node.active_member(did) is None:
             record = node.read_state(f"vehicle/{vin}")
             if record is None or record.get("owner") != did:
                 member_of(authorization)   # raises not_a_member
@@ -131,7 +119,7 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
     @app.get("/v1/vehicles/{vin}/summary", tags=["vehicles"])
     def get_summary(vin: str) -> dict[str, Any]:
         """The public VIN check: registered, stolen, odometer consistent or flagged, accidents."""
-        vin = checked_vin(vin)
+        vin = canonical_vin(vin)
         return public_summary(record_of(vin), vin)
 
     @app.get("/vin", response_class=HTMLResponse, include_in_schema=False)
@@ -142,14 +130,13 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
 
         if not vin:
             return HTMLResponse(render_vin_check("", None))
-        canonical_vin = normalise_vin(vin)
         try:
-            parse_vin(canonical_vin)
+            checked = canonical_vin(vin)
         except BlokError as exc:
             return HTMLResponse(render_vin_check(vin, None, exc.message), status_code=400)
-        record = node.read_state(f"vehicle/{canonical_vin}")
-        summary = public_summary(record, canonical_vin)
-        return HTMLResponse(render_vin_check(canonical_vin, summary), status_code=200 if record else 404)
+        record = node.read_state(f"vehicle/{checked}")
+        return HTMLResponse(render_vin_check(checked, public_summary(record, checked)),
+                            status_code=200 if record else 404)
 
     @app.get("/v1/vehicles/{vin}/report", tags=["vehicles"],
              responses={200: {"content": {"application/json": {}, "text/html": {}, "application/pdf": {}}}})
@@ -157,7 +144,7 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
                          authorization: Annotated[str | None, Header()] = None) -> Response:
         """The history report: a JSON bundle with every event's proof (check it offline with
         ``blokauto check-report``), or the same history as an HTML page or a PDF."""
-        vin = checked_vin(vin)
+        vin = canonical_vin(vin)
         record = record_of(vin)
         require_reader(vin, record, authorization, share)
         return await run_in_threadpool(report_response, vin, format)
@@ -166,7 +153,7 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
     async def get_shared(token: str, format: ReportFormat = "html") -> Response:
         """The page an owner's share link opens (HTML by default)."""
         grant = open_share_token(token, node.chain, int(time.time() * 1000))
-        vin = checked_vin(grant.vin)
+        vin = canonical_vin(grant.vin)
         record = record_of(vin)
         require_reader(vin, record, None, token)
         return await run_in_threadpool(report_response, vin, format)
@@ -181,7 +168,7 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         did = tokens.did_of(authorization)
         if did == body.get("signer") or did in body.get("cosigners", []):
             return
-        member = active_member(did)
+        member = node.active_member(did)
         record = node.read_state(f"vehicle/{vin}")
         if record is None and member is not None:
             return

@@ -12,16 +12,10 @@ from rich.markup import escape
 
 from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json
 from blokauto.errors import InputError
-from blokauto.vin import normalise_vin, parse_vin
+from blokauto.vin import canonical_vin
 
 DAY_MS = 86_400_000
 KeyOpt = Annotated[Path | None, typer.Option(help="Keystore of the owner or an entitled member.")]
-
-
-def _vin(text: str) -> str:
-    vin = normalise_vin(text)
-    parse_vin(vin)
-    return vin
 
 
 def vin_check(vin: str, node: NodeOpt = DEFAULT_NODE) -> None:
@@ -29,7 +23,7 @@ def vin_check(vin: str, node: NodeOpt = DEFAULT_NODE) -> None:
     from blokauto.client import Client
 
     with Client(node) as client:
-        print_json(client.vehicle_summary(_vin(vin)))
+        print_json(client.vehicle_summary(canonical_vin(vin)))
 
 
 def vehicles(
@@ -77,7 +71,7 @@ def report(
     with Client(node, load_signer(key, password_env) if key else None) as client:
         if key:
             client.login()
-        result = client.vehicle_report(_vin(vin), format=fmt, share=token)
+        result = client.vehicle_report(canonical_vin(vin), format=fmt, share=token)
     if fmt == "json":
         text = json.dumps(result, indent=2, sort_keys=True) + "\n"
         if out_file:
@@ -151,7 +145,7 @@ def share(
     from blokauto.client import Client
 
     with Client(node, load_signer(key, password_env)) as client:
-        sys.stdout.write(client.share_link(_vin(vin), valid_ms=days * DAY_MS) + "\n")
+        sys.stdout.write(client.share_link(canonical_vin(vin), valid_ms=days * DAY_MS) + "\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -39,7 +39,7 @@ def vehicle_state_key(vin: str) -> str:
     return f"vehicle/{vin}"
 
 
-def _vehicle_event(leaf: dict[str, Any], vin: str) -> dict[str, Any] | None:
+def vehicle_event(leaf: dict[str, Any], vin: str) -> dict[str, Any] | None:
     result = leaf.get("result")
     if not isinstance(result, dict) or result.get("status") != "ok":
         return None
@@ -49,7 +49,7 @@ def _vehicle_event(leaf: dict[str, Any], vin: str) -> dict[str, Any] | None:
     return None
 
 
-def _leaf_tx_hash(leaf: dict[str, Any]) -> str:
+def leaf_tx_hash(leaf: dict[str, Any]) -> str:
     return tx_hash(canonical.encode(leaf["tx"]["body"])).hex()
 
 
@@ -78,7 +78,7 @@ def _build(store: Store, vin: str, keys: list[str], quorum: int, conn: sqlite3.C
     for index in indexes:
         _, txhash, leaf_bytes = rows[index]
         leaf = canonical.decode_trusted(leaf_bytes)
-        event = _vehicle_event(leaf, vin)
+        event = vehicle_event(leaf, vin)
         if event is not None:
             chain[txhash.hex()] = (index, event, leaf_bytes)
         elif leaf["result"].get("status") == "rejected":
@@ -91,7 +91,7 @@ def _build(store: Store, vin: str, keys: list[str], quorum: int, conn: sqlite3.C
             if found is None:
                 raise VerificationError(f"event {cursor} of {vin} is missing from the log", code="corrupt_store")
             leaf = canonical.decode_trusted(found[2])
-            event = _vehicle_event(leaf, vin)
+            event = vehicle_event(leaf, vin)
             if event is None:
                 raise VerificationError(f"leaf {found[0]} is not an event of {vin}", code="corrupt_store")
             chain[cursor] = (found[0], event, found[2])
@@ -147,8 +147,8 @@ class VerifiedReport:
     vin: str
     record: dict[str, Any]
     events: list[dict[str, Any]]        # decoded leaves {height, result, tx}, oldest first
+    chain: list[tuple[dict[str, Any], str]]   # per event: its verified vehicle.event and transaction hash
     evidence: list[dict[str, Any]]      # decoded refused leaves
-    event_indexes: list[int]
     checkpoint_text: str
     origin: str
     checkpoint_size: int
@@ -190,20 +190,20 @@ def verify_bundle(bundle: Any, known: KnownKeys | Iterable[str], quorum: int = 1
     if not isinstance(events, list) or not events:
         raise ReportError("events", "a registered vehicle has at least its registration event")
     decoded: list[dict[str, Any]] = []
-    indexes: list[int] = []
+    chain: list[tuple[dict[str, Any], str]] = []
     prev: str | None = None
     for n, proof in enumerate(events):
         item = f"events[{n}]"
         leaf = _verified_leaf(item, proof, checkpoint_text, checkpoint)
-        event = _vehicle_event(leaf, vin)
+        event = vehicle_event(leaf, vin)
         if event is None:
             raise ReportError(item, f"not an accepted event of {vin}")
         if event.get("seq") != n + 1 or event.get("prev") != prev:
             raise ReportError(item, f"breaks the event chain (expected seq {n + 1} after {prev}, "
                               f"found seq {event.get('seq')} after {event.get('prev')})", "broken_chain")
-        prev = _leaf_tx_hash(leaf)
+        prev = leaf_tx_hash(leaf)
         decoded.append(leaf)
-        indexes.append(proof["leaf_index"])
+        chain.append((event, prev))
     if prev != record.get("head") or len(decoded) != record.get("events"):
         raise ReportError("events", f"the chain ends at {prev} after {len(decoded)} events but the proven record's "
                           f"head is {record.get('head')} after {record.get('events')}: events are missing",
@@ -219,7 +219,7 @@ def verify_bundle(bundle: Any, known: KnownKeys | Iterable[str], quorum: int = 1
         if leaf["result"].get("status") != "rejected" or payload.get("vin") != vin:
             raise ReportError(item, f"not a refused attempt on {vin}")
         evidence.append(leaf)
-    return VerifiedReport(vin=vin, record=record, events=decoded, evidence=evidence, event_indexes=indexes,
+    return VerifiedReport(vin=vin, record=record, events=decoded, chain=chain, evidence=evidence,
                           checkpoint_text=checkpoint_text, origin=checkpoint.origin, checkpoint_size=size,
                           height=height, signers=signers, report_hash=bundle_hash(bundle))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from blokauto.reports.bundle import VerifiedReport, _leaf_tx_hash
+from blokauto.reports.bundle import VerifiedReport, leaf_tx_hash
 
 DAY_MS = 86_400_000
 
@@ -17,13 +17,6 @@ DAY_MS = 86_400_000
 def _payload(leaf: dict[str, Any]) -> dict[str, Any]:
     payload = leaf["tx"]["body"].get("payload", {})
     return payload if isinstance(payload, dict) else {}
-
-
-def _event(leaf: dict[str, Any], vin: str) -> dict[str, Any]:
-    for event in leaf["result"].get("events", []):
-        if event.get("type") == "vehicle.event" and event.get("vin") == vin:
-            return dict(event)
-    return {}
 
 
 def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, Any]:
@@ -38,12 +31,11 @@ def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, A
     services: list[dict[str, Any]] = []
     inspections: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    for leaf in report.events:
-        event = _event(leaf, vin)
+    for leaf, (event, tx_hash) in zip(report.events, report.chain, strict=True):
         payload = _payload(leaf)
         kind, at, org = str(event.get("kind", "")), int(event.get("at_ms", 0)), event.get("org")
         events.append({"seq": event.get("seq"), "at_ms": at, "kind": kind, "org": org,
-                       "tx": _leaf_tx_hash(leaf), "height": leaf["height"]})
+                       "tx": tx_hash, "height": leaf["height"]})
         if kind == "cluster_replaced":
             readings.append({"at_ms": at, "km": int(event["old_km"]), "source": kind,
                              "flagged": bool(event.get("flagged")), "rejected": False})
@@ -96,7 +88,7 @@ def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, A
     readings.sort(key=lambda r: (r["at_ms"], r["rejected"]))
     evidence = [{"at_ms": int(_payload(leaf).get("at_ms") or 0), "kind": leaf["tx"]["body"]["type"],
                  "code": str(leaf["result"].get("code", "")), "message": str(leaf["result"].get("message", "")),
-                 "tx": _leaf_tx_hash(leaf)} for leaf in report.evidence]
+                 "tx": leaf_tx_hash(leaf)} for leaf in report.evidence]
     return {
         "vin": vin, "maker": record.get("maker", ""), "model": record.get("model", ""),
         "year": record.get("year", 0), "powertrain": record.get("powertrain", ""),
