@@ -21,10 +21,13 @@ from hypothesis import strategies as st
 from blokauto.crypto.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
+    batch_root,
     compute_root,
+    inclusion_path,
     leaf_hash,
     node_hash,
     root_from_inclusion_proof,
+    tree_levels,
     verify_consistency,
     verify_inclusion,
 )
@@ -427,3 +430,18 @@ def test_consistency_rejects_tampering(data: st.DataObject) -> None:
     if consistency_proof(BIG.read_nodes, size1, other2) != proof:
         with pytest.raises(VerificationError):
             verify_consistency(size1, other2, proof, root1, ref_root(other2))
+
+
+@given(size=st.integers(0, 300), data=st.data())
+def test_batch_tree_matches_reference_and_proves(size: int, data: st.DataObject) -> None:
+    """The linear bottom-up batch tree is the RFC 9162 tree: same root, paths the log verifier accepts."""
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+    levels = tree_levels(leaves)
+    assert batch_root(leaves) == compute_root(leaves)
+    if size:
+        index = data.draw(st.integers(0, size - 1))
+        verify_inclusion(index, size, leaves[index], inclusion_path(levels, index), levels[-1][0])
+        with pytest.raises(VerificationError):
+            verify_inclusion(index, size, leaf_hash(b"other"), inclusion_path(levels, index), levels[-1][0])
+    with pytest.raises(InputError):
+        inclusion_path(levels, size)
