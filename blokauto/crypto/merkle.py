@@ -185,7 +185,7 @@ def compute_root(leaf_hashes: Sequence[bytes]) -> bytes:
 
 
 def tree_levels(leaf_hashes: Sequence[bytes]) -> list[list[bytes]]:
-    """Every level of the RFC 9162 tree over ``leaf_hashes``, leaves first, root last.
+    """Every level of the RFC 9162 tree over ``leaf_hashes``, leaves first, root last ([] if none).
 
     Built bottom-up by pairing neighbours and carrying an odd last node up unchanged, which gives
     the same tree as the MTH recursion (the largest-power-of-two split) in linear time. Batches of
@@ -193,7 +193,7 @@ def tree_levels(leaf_hashes: Sequence[bytes]) -> list[list[bytes]]:
     obviously-correct reference the tests compare against.
     """
     if not leaf_hashes:
-        return [[EMPTY_ROOT]]
+        return []
     level = list(leaf_hashes)
     levels = [level]
     sha = _sha256
@@ -209,7 +209,7 @@ def tree_levels(leaf_hashes: Sequence[bytes]) -> list[list[bytes]]:
 
 def batch_root(leaf_hashes: Sequence[bytes]) -> bytes:
     """Root of the RFC 9162 tree over ``leaf_hashes`` (empty: SHA-256 of nothing)."""
-    return tree_levels(leaf_hashes)[-1][0]
+    return tree_levels(leaf_hashes)[-1][0] if leaf_hashes else EMPTY_ROOT
 
 
 def inclusion_path(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
@@ -218,7 +218,7 @@ def inclusion_path(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]
     Checked by :func:`verify_inclusion` like any log proof: siblings bottom-up, a level where the
     node was carried up (no sibling) contributes nothing.
     """
-    size = len(levels[0])
+    size = len(levels[0]) if levels else 0
     if not 0 <= index < size:
         raise InputError(f"index {index} is outside a tree of {size} leaves")
     path: list[bytes] = []
