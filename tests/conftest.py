@@ -112,3 +112,6 @@ def live_node(tmp_path: Any) -> Iterator[str]:
         finally:
             server.should_exit = True
             thread.join(10)
+
+
+from tests.worlds import world  # noqa: E402, F401  (the scenario tests' consortium fixture)

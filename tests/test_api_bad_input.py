@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import DOMAIN_AUTH, DOMAIN_TX, Signer, b64
-from blokauto.ledger.tx import MAX_TX_BYTES, build_body
+from blokauto.ledger.tx import MAX_BULK_TX_BYTES, MAX_TX_BYTES, build_body
 from tests.conftest import PROBLEM, Env, demo_admin, demo_member, digest, envelope, sign_body
 
 ADMIN = demo_admin("quickfix")
@@ -404,7 +404,7 @@ def test_revoked_cosigner(env: Env) -> None:
 
 
 def test_oversized_body(env: Env) -> None:
-    refused(env, b"x" * (MAX_TX_BYTES + 1), 413, "too_large")
+    refused(env, b"x" * (MAX_BULK_TX_BYTES + 1), 413, "too_large")
 
 
 def test_oversized_signed_transaction(env: Env) -> None:
@@ -415,7 +415,8 @@ def test_oversized_signed_transaction(env: Env) -> None:
 
 def test_oversized_chunked_body_without_length(env: Env) -> None:
     before = env.snapshot(ADMIN.did)
-    r = env.tc.post("/v1/tx", content=iter([b"x" * 40_000, b"y" * 40_000]))
+    half = MAX_BULK_TX_BYTES // 2 + 1
+    r = env.tc.post("/v1/tx", content=iter([b"x" * half, b"y" * half]))
     assert "content-length" not in r.request.headers
     assert_problem(r, 413, "too_large")
     assert env.snapshot(ADMIN.did) == before

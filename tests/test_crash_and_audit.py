@@ -151,6 +151,17 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     futures.append(node.submit(raw))
             for f in futures:
                 f.result(timeout=30)
+        # a parts batch: its serials live in the consensus index, which the audit replays too
+        from blokauto.contracts.parts import compute_batch_root
+
+        maker = demo.demo_admin("kestrel-parts")
+        node.submit(sign_tx(node.chain, "part.define", maker, 1, {
+            "part_number": "AUD-1", "description": "audited part", "category": "other"})).result(timeout=30)
+        ids = [f"AUD-{i}" for i in range(20)]
+        receipt = node.submit(sign_tx(node.chain, "part.register_batch", maker, 2, {
+            "part_number": "AUD-1", "lot": "L1", "plant": "P", "produced_ms": 1_700_000_000_000, "serials": ids,
+            "root": compute_batch_root("AUD-1", ids, None)})).result(timeout=30)
+        assert receipt["status"] == "ok", receipt
     return data
 
 
@@ -165,12 +176,13 @@ TAMPERS = {
     "transaction index": ("leaves", "idx", "txhash", "idx = 7", 3),
     "stored leaf hash": ("leaves", "idx", "lh", "idx = 6", 9),   # what proofs fold the low log levels from
     "checkpoint": ("blocks", "height", "checkpoint", "height = 3", 5),
+    "consensus index": ("ix", "key", "value", "space = 'serial' AND key = 'AUD-7'", 3),
 }
 
 
 def test_verify_passes_on_an_untouched_ledger(populated: Path) -> None:
     result = cli("verify", "--data", str(populated))
-    assert "OK" in result.stdout and "24 transactions" in result.stdout
+    assert "OK" in result.stdout and "26 transactions" in result.stdout
 
 
 @pytest.mark.parametrize("what", sorted(TAMPERS))

@@ -22,13 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from blokauto import metrics
 from blokauto.api.auth import TokenIssuer
+from blokauto.api.parts import add_part_routes
 from blokauto.api.vehicles import add_vehicle_routes
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import b64
 from blokauto.errors import BlokError, InputError, NotFound, Unauthorized
 from blokauto.ledger import proofs
 from blokauto.ledger.chain import Header as BlockHeader
-from blokauto.ledger.tx import MAX_TX_BYTES
+from blokauto.ledger.tx import MAX_BULK_TX_BYTES
 from blokauto.node import Node
 
 log = logging.getLogger("blokauto.api")
@@ -107,6 +108,7 @@ def create_app(node: Node) -> FastAPI:
         return {"did": did, **record}
 
     guard_vehicle_tx = add_vehicle_routes(app, node, tokens, member_of)
+    add_part_routes(app, node, tokens, member_of)
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -119,7 +121,7 @@ def create_app(node: Node) -> FastAPI:
         With ``wait=true`` (default) the answer is the receipt once the block is committed;
         with ``wait=false`` it is 202 and the receipt is at ``GET /v1/tx/{hash}`` later.
         """
-        raw = await read_body(request, MAX_TX_BYTES)
+        raw = await read_body(request, MAX_BULK_TX_BYTES)
         tx = await run_in_threadpool(node.check, raw)
         future = node.enqueue(tx)
         location = {"Location": f"/v1/tx/{tx.hash_hex}"}

@@ -189,6 +189,60 @@ class Client:
         token = make_share_token(self._require_key(), self.chain, vin, now + valid_ms)
         return f"{self.url}/v1/shared/{token}"
 
+    # -- parts and recalls ----------------------------------------------------------------------
+
+    def register_parts(self, *, part_number: str, lot: str, plant: str, produced_ms: int, serials: Sequence[str],
+                       passports: Sequence[dict[str, Any]] | None = None,
+                       materials: Sequence[dict[str, Any]] = (), wait: bool = True) -> dict[str, Any]:
+        """Register a batch of parts under the Merkle root this client computes (``part.register_batch``)."""
+        from blokauto.contracts.parts import compute_batch_root
+
+        payload: dict[str, Any] = {"part_number": part_number, "lot": lot, "plant": plant,
+                                   "produced_ms": produced_ms, "serials": list(serials),
+                                   "root": compute_batch_root(part_number, list(serials),
+                                                              None if passports is None else list(passports))}
+        if passports is not None:
+            payload["passports"] = list(passports)
+        if materials:
+            payload["materials"] = list(materials)
+        return self.submit("part.register_batch", payload, wait=wait)
+
+    def part(self, serial: str) -> dict[str, Any]:
+        """The authenticity check of a serial (no token needed; a member token adds the VIN it is in)."""
+        result: dict[str, Any] = self._json("GET", f"/v1/parts/{serial}")
+        return result
+
+    def part_history(self, serial: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/parts/{serial}/history")
+        return result
+
+    def part_certificate(self, serial: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/parts/{serial}/certificate")
+        return result
+
+    def verify_part(self, serial: str, keys: Sequence[str] | None = None, quorum: int | None = None) -> Any:
+        """Fetch a part's certificate and check it locally (see :meth:`verify_tx` about ``keys``)."""
+        from blokauto.reports.parts import verify_certificate
+
+        if keys is None:
+            keys, node_quorum = self.checkpoint_keys()
+            quorum = quorum or node_quorum
+        return verify_certificate(self.part_certificate(serial), keys, quorum or 1)
+
+    def recalls(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/v1/recalls")["campaigns"]
+        return result
+
+    def recall(self, campaign: str, *, vehicles: bool = False) -> dict[str, Any]:
+        """A campaign and its figures; ``vehicles`` lists the affected vehicles and their owners' keys."""
+        result: dict[str, Any] = self._json("GET", f"/v1/recalls/{campaign}",
+                                            params={"vehicles": "1" if vehicles else "0"})
+        return result
+
+    def vehicle_recalls(self, vin: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", f"/v1/vehicles/{vin}/recalls")["recalls"]
+        return result
+
     # -- authentication -------------------------------------------------------------------------
 
     def login(self) -> str:

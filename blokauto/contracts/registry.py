@@ -9,6 +9,7 @@ import msgspec
 
 from blokauto.errors import InputError
 from blokauto.ledger.state import Context, StateReader, TxType
+from blokauto.ledger.tx import BULK_TYPES
 
 REGISTRY: dict[str, TxType] = {}
 
@@ -17,17 +18,19 @@ P = TypeVar("P")
 
 def contract(
     name: str, *, payload: type[P], roles: Iterable[str], public: bool = False,
-    admit: Callable[[StateReader, str, dict[str, Any]], str] | None = None,
+    admit: Callable[[StateReader, str, dict[str, Any]], str] | None = None, bulk: bool = False,
 ) -> Callable[[Callable[[Context, P], None]], Callable[[Context, P], None]]:
     """Register a handler for ``name`` callable by keys holding any of ``roles``.
 
     ``public`` transactions (identity, governance, anchors) are readable without credentials;
-    the rest need a member token or the owner's consent.
+    the rest need a member token or the owner's consent. ``bulk`` types may be up to 960 KiB.
     """
 
     def register(handler: Callable[[Context, P], None]) -> Callable[[Context, P], None]:
         if name in REGISTRY:
             raise RuntimeError(f"transaction type {name} registered twice")
+        if bulk:
+            BULK_TYPES.add(name)
         REGISTRY[name] = TxType(
             name=name,
             handler=handler,
@@ -64,6 +67,6 @@ class Payload(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 def load_all() -> dict[str, TxType]:
     """Import every domain module so its handlers register; returns the table."""
-    from blokauto.contracts import governance, notary, vehicle  # noqa: F401
+    from blokauto.contracts import governance, notary, parts, recalls, vehicle  # noqa: F401
 
     return REGISTRY

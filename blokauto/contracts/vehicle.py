@@ -358,6 +358,8 @@ def register(ctx: Context, p: Register) -> None:
         "events": 0, "head": None, "last_at_ms": at,
     }
     ctx.put(device_key(p.device_key), {"vin": p.vin})
+    # recalls by model and year find their vehicles through this index, not a scan of every record
+    ctx.index_put("vmodel", f"{ctx.org}|{p.model}|{p.year:04d}|{p.vin}", "")
     append_event(ctx, record, "registered", at, odometer_km=p.odometer_km, flagged=False)
 
 

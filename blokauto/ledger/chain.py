@@ -35,6 +35,9 @@ STATE_CACHE_ENTRIES = 50_000
 # refused attempts included, is found without scanning the log.
 SUBJECT_FIELDS = ("vin", "serial", "campaign")
 MAX_SUBJECT_CHARS = 128
+# A ``serials`` list (a shipment, an installation) indexes each serial; a bulk registration of
+# thousands is found through its parts' batch instead, not through one row per serial.
+MAX_LISTED_SUBJECTS = 1_000
 _MISS: Any = object()
 _decode_value = msgspec.json.Decoder().decode
 
@@ -138,13 +141,41 @@ class BlockResult:
 class _BlockState:
     """Reads through the block's pending writes (encoded values; None = deleted) to the committed state."""
 
-    __slots__ = ("cache", "ledger", "pending", "shared")
+    __slots__ = ("cache", "index_pending", "ledger", "pending", "shared")
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.cache = ledger._cache
         self.pending: dict[str, bytes | None] = {}
         self.shared: dict[str, tuple[bytes, Any]] = {}
+        self.index_pending: dict[tuple[str, str], str | None] = {}
+
+    def index_get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]:
+        """The consensus index as of this point in the block (earlier transactions' writes first)."""
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        pending = self.index_pending
+        for key in keys:
+            hit = pending.get((space, key), _MISS)
+            if hit is _MISS:
+                missing.append(key)
+            elif hit is not None:
+                found[key] = hit
+        if missing:
+            store = self.ledger.store
+            found.update(store.get_index_many(space, missing, store.writer))
+        return found
+
+    def index_scan(self, space: str, prefix: str) -> list[tuple[str, str]]:
+        store = self.ledger.store
+        merged = dict(store.scan_index(space, prefix, store.writer))
+        for (sp, key), value in self.index_pending.items():
+            if sp == space and key.startswith(prefix):
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+        return sorted(merged.items())
 
     def _encoded(self, key: str) -> bytes | None:
         pending = self.pending
@@ -175,10 +206,13 @@ class _BlockState:
 
 
 def _result_json(status: str, events: list[dict[str, Any]] | None = None, code: str = "",
-                 message: str = "") -> dict[str, Any]:
+                 message: str = "", subject: str = "") -> dict[str, Any]:
     if status == "ok":
         return {"status": "ok", "events": events or []}
-    return {"status": "rejected", "code": code, "message": message[:300]}
+    result = {"status": "rejected", "code": code, "message": message[:300]}
+    if subject:
+        result["subject"] = subject[:128]
+    return result
 
 
 class Ledger:
@@ -320,13 +354,15 @@ class Ledger:
             tx_type.handler(ctx, payload)
             encoded = [(k, None if v is None else canonical.encode(v)) for k, v in ctx.writes.items()]
         except Rejected as exc:
-            return _result_json("rejected", code=exc.code, message=exc.message)
+            return _result_json("rejected", code=exc.code, message=exc.message, subject=getattr(exc, "subject", ""))
         except InputError as exc:
             return _result_json("rejected", code=exc.code, message=exc.message)
         except Exception as exc:  # a contract bug: deterministic on every node, so it is recorded, not fatal
             log.exception("contract %s failed on %s", tx.type, tx.hash_hex)
             return _result_json("rejected", code="contract_error", message=type(exc).__name__)
         state.pending.update(encoded)
+        if ctx.index_writes:
+            state.index_pending.update(ctx.index_writes)
         return _result_json("ok", events=ctx.events)
 
     def apply_block(self, txs: Sequence[SignedTx], time_ms: int,
@@ -380,6 +416,10 @@ class Ledger:
                 value = payload.get(name)
                 if type(value) is str and 0 < len(value) <= MAX_SUBJECT_CHARS:
                     subjects.append((f"{name}:{value}", index))
+            many = payload.get("serials")
+            if type(many) is list and len(many) <= MAX_LISTED_SUBJECTS:
+                subjects.extend((f"serial:{value}", index) for value in sorted(set(many))
+                                if type(value) is str and 0 < len(value) <= MAX_SUBJECT_CHARS)
             leaf_hashes.append(leaf_hash(leaf))
             receipt = {"tx": tx.hash_hex, "height": height, "leaf_index": index, **result}
             outcomes.append(TxOutcome(tx, receipt))
@@ -388,12 +428,14 @@ class Ledger:
             self.store.abort_block()
             return BlockResult(header=head, block_hash=self.head_hash, checkpoint=self.head_checkpoint,
                                outcomes=outcomes)
-        return self._commit(height, time_ms, pending, leaves, leaf_hashes, subjects, outcomes, meta)
+        return self._commit(height, time_ms, pending, leaves, leaf_hashes, subjects, outcomes, meta,
+                            state.index_pending)
 
     def _commit(self, height: int, time_ms: int, pending: dict[str, bytes | None],
                 leaves: list[tuple[int, int, bytes, bytes]], leaf_hashes: list[bytes],
                 subjects: list[tuple[str, int]], outcomes: list[TxOutcome],
-                meta: dict[str, bytes] | None = None) -> BlockResult:
+                meta: dict[str, bytes] | None = None,
+                index: Mapping[tuple[str, str], str | None] | None = None) -> BlockResult:
         # (a failure anywhere here is rolled back and the view reloaded by apply_block)
         changes = {state_key_hash(k): None if enc is None else state_value_hash(enc)
                    for k, enc in pending.items()}
@@ -410,6 +452,8 @@ class Ledger:
             height=height, block_hash=block_hash, header=header.encode(), state_root_id=root_id,
             checkpoint=checkpoint, leaves=leaves, subjects=subjects, log_nodes=log_nodes, smt_nodes=smt_nodes,
             state_puts=puts, state_deletes=deletes, meta=meta or {}, leaf_hashes=leaf_hashes,
+            index_puts=[(sp, k, v) for (sp, k), v in (index or {}).items() if v is not None],
+            index_deletes=[(sp, k) for (sp, k), v in (index or {}).items() if v is None],
         ))
         cache = self._cache
         if len(cache) + len(pending) >= STATE_CACHE_ENTRIES:

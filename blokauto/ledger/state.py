@@ -7,29 +7,42 @@ discards the buffer, so a rejected transaction changes nothing but its signer's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from blokauto.errors import Rejected
 
+_ABSENT: Any = object()
 ADMIN = "admin"      # an organisation admin key
 MEMBER = "member"    # any active member key of any organisation
 ANYONE = "anyone"    # any valid signature (a person's own key, a vehicle's device key)
 
 
 class Rejection(Rejected):
-    """A contract refused a transaction; ``code`` is stable and goes into the log."""
+    """A contract refused a transaction; ``code`` is stable and goes into the log.
+
+    ``subject`` names the one item refused when a transaction carries many (the serial of a
+    counterfeit part among thirty installed), so the refusal counts against that item only."""
+
+    def __init__(self, message: str, *, code: str, subject: str = "") -> None:
+        super().__init__(message, code=code)
+        self.subject = subject
 
 
-def require(condition: object, code: str, message: str) -> None:
+def require(condition: object, code: str, message: str, subject: str = "") -> None:
     """Explicit check that survives ``python -O`` (unlike ``assert``)."""
     if not condition:
-        raise Rejection(message, code=code)
+        raise Rejection(message, code=code, subject=subject)
 
 
 class StateReader(Protocol):
     def get(self, key: str) -> Any | None: ...
+
+
+class IndexReader(Protocol):
+    def index_get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]: ...
+    def index_scan(self, space: str, prefix: str) -> list[tuple[str, str]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +75,7 @@ class Context:
     member: dict[str, Any] | None
     writes: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    index_writes: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
     def get(self, key: str) -> Any | None:
         if key in self.writes:
@@ -78,6 +92,48 @@ class Context:
 
     def delete(self, key: str) -> None:
         self.writes[key] = None
+
+    # -- the consensus index ----------------------------------------------------------------
+    # A plain key -> text table that every node maintains identically because only contracts
+    # write it, inside blocks, like state. Unlike state it is not in the Merkle tree: it holds
+    # what would be too many leaves to commit one by one (every serial of a 10,000-part batch)
+    # and is proven another way (a part's inclusion in its batch's committed root). The full
+    # audit replays it; it is also what read-side queries (recall lists) scan.
+
+    def index_get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        writes = self.index_writes
+        for key in keys:
+            hit = writes.get((space, key), _ABSENT)
+            if hit is _ABSENT:
+                missing.append(key)
+            elif hit is not None:
+                found[key] = hit
+        if missing:
+            found.update(self.reader.index_get_many(space, missing))  # type: ignore[attr-defined]
+        return found
+
+    def index_get(self, space: str, key: str) -> str | None:
+        return self.index_get_many(space, (key,)).get(key)
+
+    def index_scan(self, space: str, prefix: str) -> list[tuple[str, str]]:
+        """Entries of ``space`` whose key starts with ``prefix``, in key order (small ranges only:
+        a vehicle's fitted parts, never a whole space)."""
+        merged = dict(self.reader.index_scan(space, prefix))  # type: ignore[attr-defined]
+        for (sp, key), value in self.index_writes.items():
+            if sp == space and key.startswith(prefix):
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+        return sorted(merged.items())
+
+    def index_put(self, space: str, key: str, value: str) -> None:
+        self.index_writes[(space, key)] = value
+
+    def index_delete(self, space: str, key: str) -> None:
+        self.index_writes[(space, key)] = None
 
     def emit(self, event_type: str, **data: Any) -> None:
         self.events.append({"type": event_type, **data})

@@ -20,6 +20,10 @@ from blokauto.crypto.keys import DOMAIN_TX, Signer, b64, public_key_from_did, un
 from blokauto.errors import InputError
 
 MAX_TX_BYTES = 64 * 1024
+# Bulk types (a parts maker's 20,000-part batch) may be larger; every other type keeps the 64 KiB
+# limit. Filled by the contract registry (``contract(..., bulk=True)``).
+MAX_BULK_TX_BYTES = 960 * 1024   # under NATS's default 1 MiB message limit, with room for headers
+BULK_TYPES: set[str] = set()
 MAX_COSIGNERS = 16
 TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}\.[a-z][a-z0-9_]{0,47}$")
 _BODY_FIELDS = frozenset({"chain", "type", "signer", "nonce", "payload", "cosigners"})
@@ -105,8 +109,8 @@ def parse_tx(raw: bytes, chain: str) -> SignedTx:
     Signatures are checked separately by :func:`verify_tx_signatures` so callers can batch
     them on worker threads (PyNaCl releases the GIL).
     """
-    if len(raw) > MAX_TX_BYTES:
-        raise InputError(f"transaction larger than {MAX_TX_BYTES} bytes", code="too_large", http_status=413)
+    if len(raw) > MAX_BULK_TX_BYTES:
+        raise InputError(f"transaction larger than {MAX_BULK_TX_BYTES} bytes", code="too_large", http_status=413)
     envelope = canonical.decode(raw, walk=False)
     if type(envelope) is not dict or set(envelope) != {"body", "signatures"}:
         raise InputError("envelope must be an object with exactly 'body' and 'signatures'", code="bad_schema")
@@ -126,6 +130,9 @@ def parse_tx(raw: bytes, chain: str) -> SignedTx:
         raise InputError(f"wrong chain id {tx_chain!r}; this ledger is {chain!r}", code="wrong_chain")
     if type(tx_type) is not str or not TYPE_PATTERN.match(tx_type):
         raise InputError("type must look like 'domain.action'", code="bad_schema")
+    if len(raw) > MAX_TX_BYTES and tx_type not in BULK_TYPES:
+        raise InputError(f"a {tx_type} transaction is larger than {MAX_TX_BYTES} bytes", code="too_large",
+                         http_status=413)
     if type(nonce) is not int or not 1 <= nonce <= canonical.MAX_SAFE_INTEGER:
         raise InputError("nonce must be an integer from 1 to 2**53-1", code="bad_schema")
     if type(payload) is not dict:
