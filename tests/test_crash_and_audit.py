@@ -176,7 +176,7 @@ TAMPERS = {
     "transaction index": ("leaves", "idx", "txhash", "idx = 7", 3),
     "stored leaf hash": ("leaves", "idx", "lh", "idx = 6", 9),   # what proofs fold the low log levels from
     "checkpoint": ("blocks", "height", "checkpoint", "height = 3", 5),
-    "consensus index": ("ix", "key", "value", "space = 'serial' AND key = 'AUD-7'", 3),
+    "consensus index": ("ix", "k", "v", "k = 'serial/AUD-7'", 3),
 }
 
 

@@ -22,6 +22,7 @@ from tests.worlds import (
     MAKER,
     OWNER1,
     OWNER2,
+    OWNER3,
     RECYCLER,
     REGISTRY,
     WORKSHOP,
@@ -155,7 +156,7 @@ def test_registration_refusals_change_nothing(parts: Parts, world: World) -> Non
     assert parts.check("PAD-000012")["registered"] is False
     # the root must be the one the parts hash to
     bad_root = {**parts.batch_payload(serials("PAD", 3, start=100)), "root": digest("other")}
-    world.rejected(SUPPLIER, "part.register_batch", bad_root, "root_mismatch")
+    world.refused(SUPPLIER, "part.register_batch", bad_root, "root_mismatch")
     # only the part number's maker registers its parts; unknown part numbers are refused
     world.rejected(MAKER, "part.register_batch", parts.batch_payload(serials("X", 2)), "not_part_maker")
     world.rejected(SUPPLIER, "part.register_batch", parts.batch_payload(serials("X", 2), number="NOPE"),
@@ -200,7 +201,7 @@ def test_materials_provenance_and_mass_balance(parts: Parts, world: World) -> No
     parts.define(CELL_PACK, category="battery", battery=True)
     parts.register(["BAT-1"], number=CELL_PACK, passports=[PASSPORT],
                    materials=[{"certificate": refined, "grams": 7_500}])
-    batch = world.state(f"partbatch/{compute_batch_root(CELL_PACK, ['BAT-1'], [PASSPORT])}")
+    batch = world.state(f"partbatch/{compute_batch_root(CELL_PACK, ['BAT-1'], [PASSPORT])[:16]}")
     assert batch["materials"] == [{"certificate": refined, "grams": 7_500, "material": "cobalt"}]
     assert world.state(f"material/{refined}")["remaining_g"] == 500
     assert world.state(f"material/{mine}")["remaining_g"] == 1_000
@@ -359,6 +360,11 @@ def test_recall_reaches_every_affected_vehicle(parts: Parts, world: World) -> No
     with pytest.raises(BlokError) as info:
         world.env.client(WORKSHOP).recall("R-2026-001", vehicles=True)
     assert info.value.code == "token_required"
+    # a change of owner reaches the list at once (the owner is kept beside each fitted part)
+    world.ok(OWNER2, "title.offer", {"vin": cars[1], "buyer": OWNER3.did})
+    world.ok(OWNER3, "title.accept", {"vin": cars[1]})
+    assert {v["vin"]: v["owner"] for v in reader.recall("R-2026-001", vehicles=True)["vehicles"]}[cars[1]] == \
+        OWNER3.did
     # remedy: the affected part out, a good one in
     remedy = {"vin": cars[0], "campaign": "R-2026-001", "removed": [faulty[0]], "installed": [good[1]],
               "odometer_km": 900}

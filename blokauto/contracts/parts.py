@@ -5,8 +5,8 @@ State:
 * ``partno/<part number>``: who makes it (the organisation that defined it), what it is, whether
   it is a traction battery (then every part carries its EU battery-passport data).
 * ``fit/<manufacturer>/<part number>``: the models a carmaker approved the part number for.
-* ``partbatch/<root>``: one bulk registration. ``root`` is the RFC 9162 Merkle root over the
-  batch's part leaves (:func:`part_leaf`); the maker's signature on the transaction covers it.
+* ``partbatch/<id>``: one bulk registration; ``id`` is the first 16 hex digits of ``root``, the
+  RFC 9162 Merkle root over the batch's part leaves (:func:`part_leaf`) that the maker signs.
   A part's authenticity certificate is this record's state proof plus the part's inclusion path.
 * ``material/<tx>``: a raw-material certificate (a mine's cobalt, a refiner's sulphate...) with
   the inputs it was made from and what is left of it to pass on (mass balance: no gram of
@@ -16,7 +16,7 @@ State:
 * ``shipment/<tx>``: a custody handoff: sent by the holder, accepted (or refused) by the receiver.
 
 Registration is Merkle-batched so that it costs one state record per batch, not per part: the
-serials go into the consensus index (``serial`` space: serial -> ``<root>:<leaf index>``), which
+serials go into the consensus index (``serial`` space: serial -> ``<batch id>:<leaf index>``), which
 every node keeps identically (contracts alone write it, inside blocks) and which refuses a serial
 registered twice. See docs/adr/0007-parts-batches-and-the-consensus-index.md.
 
@@ -43,11 +43,13 @@ from blokauto.contracts.vehicle import (
     TxHash,
     append_event,
     event_time,
+    fitted_key,
+    fitted_value,
     load,
     reading,
 )
 from blokauto.crypto import canonical
-from blokauto.crypto.merkle import batch_root, leaf_hash
+from blokauto.crypto.merkle import batch_leaf_hashes, batch_root
 from blokauto.errors import InputError
 from blokauto.ledger.state import MEMBER, Context, require
 
@@ -124,6 +126,8 @@ class RegisterBatch(Payload, kw_only=True):
     root: Digest
 
     def validate(self) -> None:
+        """The batch is well formed and hashes to the root the maker signed (stateless: it runs on
+        the submission workers, not in the committer)."""
         if self.passports is not None and len(self.passports) != len(self.serials):
             raise InputError(f"{len(self.passports)} passports for {len(self.serials)} serials; give one per part",
                              code="bad_batch")
@@ -133,6 +137,11 @@ class RegisterBatch(Payload, kw_only=True):
             raise InputError(f"serial {twice} appears twice in the batch", code="duplicate_serial")
         if len({m.certificate for m in self.materials}) != len(self.materials):
             raise InputError("a material certificate is named twice", code="bad_batch")
+        passports = None if self.passports is None else [msgspec.to_builtins(x) for x in self.passports]
+        root = compute_batch_root(self.part_number, self.serials, passports)
+        if root != self.root:
+            raise InputError(f"the parts hash to root {root}, not the {self.root} the batch names",
+                             code="root_mismatch")
 
 
 class Certify(Payload, kw_only=True):
@@ -233,15 +242,21 @@ def batch_leaves(part_number: str, serials: list[str], passports: list[dict[str,
 
 def compute_batch_root(part_number: str, serials: list[str], passports: list[dict[str, Any]] | None) -> str:
     """What a parts maker puts in ``part.register_batch``'s ``root`` (hex)."""
-    return batch_root([leaf_hash(leaf) for leaf in batch_leaves(part_number, serials, passports)]).hex()
+    return batch_root(batch_leaf_hashes(batch_leaves(part_number, serials, passports))).hex()
 
 
 def part_key(serial: str) -> str:
     return f"part/{serial}"
 
 
-def batch_key(root: str) -> str:
-    return f"partbatch/{root}"
+def batch_id(root: str) -> str:
+    """A batch's short name: the first 64 bits of its root. The index repeats it for every serial,
+    so it is kept short; a batch whose id is taken (odds 2**-64 by accident) is refused."""
+    return root[:16]
+
+
+def batch_key(batch: str) -> str:
+    return f"partbatch/{batch}"
 
 
 def partno_key(part_number: str) -> str:
@@ -250,11 +265,6 @@ def partno_key(part_number: str) -> str:
 
 def fit_key(manufacturer: str, part_number: str) -> str:
     return f"fit/{manufacturer}/{part_number}"
-
-
-def fitted_key(part_number: str, lot: str, vin: str, serial: str) -> str:
-    """``fitted`` index space: which vehicles carry parts of a lot, for recall lists."""
-    return f"{part_number}|{lot}|{vin}|{serial}"
 
 
 def load_parts(ctx: Context, serials: list[str]) -> list[dict[str, Any] | None]:
@@ -273,12 +283,12 @@ def load_parts(ctx: Context, serials: list[str]) -> list[dict[str, Any] | None]:
             entry = where.get(serials[i])
             if entry is None:
                 continue
-            root, _, leaf = entry.partition(":")
-            batch = batches.get(root) or ctx.get(batch_key(root))
+            bid, _, leaf = entry.partition(":")
+            batch = batches.get(bid) or ctx.get(batch_key(bid))
             assert batch is not None, "a serial in the index always has its batch"
-            batches[root] = batch
+            batches[bid] = batch
             records[i] = {
-                "serial": serials[i], "part_number": batch["part_number"], "lot": batch["lot"], "batch": root,
+                "serial": serials[i], "part_number": batch["part_number"], "lot": batch["lot"], "batch": bid,
                 "leaf": int(leaf), "maker": batch["maker"], "status": "made", "holder": batch["maker"],
                 "vin": None, "shipment": None, "since_ms": batch["produced_ms"], "events": 0, "head": None,
                 "installs": 0, "reused": False, "flags": [],
@@ -402,24 +412,22 @@ def register_batch(ctx: Context, p: RegisterBatch) -> None:
     else:
         require(p.passports is None, "bad_batch", f"{p.part_number} is not a battery; passports do not apply")
     passports = None if p.passports is None else [msgspec.to_builtins(x) for x in p.passports]
-    root = compute_batch_root(p.part_number, p.serials, passports)
-    require(root == p.root, "root_mismatch", f"the parts hash to root {root}, not the {p.root} the batch names")
-    require(ctx.get(batch_key(root)) is None, "batch_registered", "this batch is already registered")
+    root = p.root      # RegisterBatch.validate() checked that the parts hash to it
+    batch = batch_id(root)
+    require(ctx.get(batch_key(batch)) is None, "batch_registered", f"a batch {batch} is already registered")
     taken = ctx.index_get_many("serial", p.serials)
     if taken:
         first = next(s for s in p.serials if s in taken)
         require(False, "serial_registered", f"serial {first} is already registered ({len(taken)} of the batch are)",
                 first)
     materials = consume_materials(ctx, p.materials)
-    put = ctx.index_put
-    for i, serial in enumerate(p.serials):
-        put("serial", serial, f"{root}:{i}")
-    ctx.put(batch_key(root), {
-        "root": root, "tx": ctx.tx_hash, "maker": ctx.org, "part_number": p.part_number, "lot": p.lot,
+    ctx.index_put_many("serial", zip(p.serials, [f"{batch}:{i}" for i in range(len(p.serials))], strict=True))
+    ctx.put(batch_key(batch), {
+        "id": batch, "root": root, "tx": ctx.tx_hash, "maker": ctx.org, "part_number": p.part_number, "lot": p.lot,
         "plant": p.plant, "produced_ms": p.produced_ms, "count": len(p.serials), "materials": materials,
         "battery": passports is not None, "registered_ms": ctx.time_ms,
     })
-    ctx.emit("part.batch", root=root, part_number=p.part_number, lot=p.lot, count=len(p.serials))
+    ctx.emit("part.batch", batch=batch, root=root, part_number=p.part_number, lot=p.lot, count=len(p.serials))
 
 
 # -- custody -----------------------------------------------------------------------------------
@@ -509,8 +517,7 @@ def install_parts(ctx: Context, vehicle: dict[str, Any], serials: list[str], eve
         record.update(status="installed", vin=vin, holder=None, since_ms=ctx.time_ms,
                       installs=record["installs"] + 1, installed_by=ctx.org)
         events.touch(record)
-        ctx.index_put("fitted", fitted_key(record["part_number"], record["lot"], vin, serial),
-                      f"{vehicle['manufacturer']}|{vehicle['model']}|{vehicle['year']}")
+        ctx.index_put("fitted", fitted_key(record["part_number"], record["lot"], vin, serial), fitted_value(vehicle))
         ctx.index_put("vparts", f"{vin}|{serial}", f"{record['part_number']}|{record['lot']}")
         numbers.append(record["part_number"])
     return numbers

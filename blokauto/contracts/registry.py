@@ -61,8 +61,9 @@ class Payload(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Base of every payload schema: unknown fields are refused."""
 
     def validate(self) -> None:
-        """Checks beyond the schema that need no state (a VIN's check digit); raise InputError
-        with a specific code. Runs at submission and again at execution."""
+        """Checks beyond the schema that need no state (a VIN's check digit, a batch's Merkle root);
+        raise InputError with a specific code. Runs before a transaction is ordered (submission,
+        network intake: a failure is a refusal, never a leaf) and again when the audit replays."""
 
 
 def load_all() -> dict[str, TxType]:

@@ -75,7 +75,7 @@ class Context:
     member: dict[str, Any] | None
     writes: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
-    index_writes: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    index_writes: dict[str, dict[str, str | None]] = field(default_factory=dict)   # space -> key -> value
 
     def get(self, key: str) -> Any | None:
         if key in self.writes:
@@ -101,11 +101,14 @@ class Context:
     # audit replays it; it is also what read-side queries (recall lists) scan.
 
     def index_get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]:
+        """Values for the keys present (this transaction's writes first, then the block's)."""
+        writes = self.index_writes.get(space)
+        if not writes:
+            return self.reader.index_get_many(space, keys)  # type: ignore[attr-defined,no-any-return]
         found: dict[str, str] = {}
         missing: list[str] = []
-        writes = self.index_writes
         for key in keys:
-            hit = writes.get((space, key), _ABSENT)
+            hit = writes.get(key, _ABSENT)
             if hit is _ABSENT:
                 missing.append(key)
             elif hit is not None:
@@ -121,8 +124,8 @@ class Context:
         """Entries of ``space`` whose key starts with ``prefix``, in key order (small ranges only:
         a vehicle's fitted parts, never a whole space)."""
         merged = dict(self.reader.index_scan(space, prefix))  # type: ignore[attr-defined]
-        for (sp, key), value in self.index_writes.items():
-            if sp == space and key.startswith(prefix):
+        for key, value in self.index_writes.get(space, {}).items():
+            if key.startswith(prefix):
                 if value is None:
                     merged.pop(key, None)
                 else:
@@ -130,10 +133,13 @@ class Context:
         return sorted(merged.items())
 
     def index_put(self, space: str, key: str, value: str) -> None:
-        self.index_writes[(space, key)] = value
+        self.index_writes.setdefault(space, {})[key] = value
+
+    def index_put_many(self, space: str, items: Iterable[tuple[str, str]]) -> None:
+        self.index_writes.setdefault(space, {}).update(items)
 
     def index_delete(self, space: str, key: str) -> None:
-        self.index_writes[(space, key)] = None
+        self.index_writes.setdefault(space, {})[key] = None
 
     def emit(self, event_type: str, **data: Any) -> None:
         self.events.append({"type": event_type, **data})

@@ -2,7 +2,7 @@
 vehicles, campaign figures, a vehicle's open recalls (never part of consensus).
 
 They read the committed state and the consensus index (``ix``) that the parts and recall
-contracts keep: ``serial`` (serial -> batch root and leaf), ``fitted`` (part number | lot | VIN |
+contracts keep: ``serial`` (serial -> batch id and leaf), ``fitted`` (part number | lot | VIN |
 serial, for recall lists), ``vparts`` (VIN | serial), ``campaignpart``, ``vcampaign``, ``remedied``.
 
 A part certificate is the offline proof of a part: the state proof of its batch record, the
@@ -46,9 +46,9 @@ def locate(store: Store, serial: str, conn: sqlite3.Connection) -> tuple[dict[st
     entry = store.get_index_many("serial", [serial], conn).get(serial)
     if entry is None:
         return None
-    root, _, leaf = entry.partition(":")
-    batch = _state(store, f"partbatch/{root}", conn) or {}
-    implied = {"serial": serial, "part_number": batch.get("part_number"), "lot": batch.get("lot"), "batch": root,
+    bid, _, leaf = entry.partition(":")
+    batch = _state(store, f"partbatch/{bid}", conn) or {}
+    implied = {"serial": serial, "part_number": batch.get("part_number"), "lot": batch.get("lot"), "batch": bid,
                "leaf": int(leaf), "maker": batch.get("maker"), "status": "made", "holder": batch.get("maker"),
                "vin": None, "since_ms": batch.get("produced_ms"), "events": 0, "head": None, "installs": 0,
                "reused": False, "flags": []}
@@ -234,7 +234,8 @@ def verify_certificate(cert: Any, known: KnownKeys | Iterable[str], quorum: int 
     part_key, record = proofs.verify_state_proof_object(cert.get("part"), known, quorum)
     if cert["batch"].get("checkpoint") != cert["part"].get("checkpoint"):
         raise VerificationError("the two state proofs are for different checkpoints", code="bad_certificate")
-    if part_key != f"part/{serial}" or not isinstance(batch, dict) or batch_key != f"partbatch/{batch.get('root')}":
+    if part_key != f"part/{serial}" or not isinstance(batch, dict) or batch_key != f"partbatch/{batch.get('id')}" \
+            or str(batch.get("root", "")).find(str(batch.get("id"))) != 0:
         raise VerificationError("the state proofs are not about this part and a batch", code="bad_certificate")
     if leaf.get("serial") != serial or leaf.get("part_number") != batch.get("part_number") \
             or set(leaf) - {"serial", "part_number", "battery"}:
@@ -248,7 +249,7 @@ def verify_certificate(cert: Any, known: KnownKeys | Iterable[str], quorum: int 
     if size != batch.get("count"):
         raise VerificationError("batch size differs from the batch record", code="bad_certificate")
     verify_inclusion(index, size, leaf_hash(leaf_bytes), path, root)
-    if record is not None and (record.get("batch") != batch["root"] or record.get("serial") != serial):
+    if record is not None and (record.get("batch") != batch["id"] or record.get("serial") != serial):
         raise VerificationError("the part's record belongs to another batch", code="bad_certificate")
     return VerifiedPart(serial=serial, part_number=batch["part_number"], maker=batch["maker"], lot=batch["lot"],
                         batch=batch, record=record, passport=leaf.get("battery"),
@@ -258,20 +259,21 @@ def verify_certificate(cert: Any, known: KnownKeys | Iterable[str], quorum: int 
 # -- recalls -----------------------------------------------------------------------------------
 
 
-def owners_of(store: Store, vins: list[str], conn: sqlite3.Connection) -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
+def _owners_from_records(vins: list[str], conn: sqlite3.Connection) -> dict[str, str]:
+    found: dict[str, str] = {}
     for start in range(0, len(vins), 500):
-        chunk = [f"vehicle/{v}" for v in vins[start:start + 500]]
-        marks = ",".join("?" * len(chunk))
+        keys = [f"vehicle/{v}" for v in vins[start:start + 500]]
+        marks = ",".join("?" * len(keys))
         for key, owner in conn.execute(
-                f"SELECT k, json_extract(CAST(v AS TEXT), '$.owner') FROM state WHERE k IN ({marks})", chunk):
-            found[key[8:]] = owner
+                f"SELECT k, json_extract(CAST(v AS TEXT), '$.owner') FROM state WHERE k IN ({marks})", keys):
+            found[key[8:]] = owner or ""
     return found
 
 
-def _vehicles_by_criteria(store: Store, campaign: dict[str, Any], conn: sqlite3.Connection) -> dict[str, list[str]]:
+def _vehicles_by_criteria(store: Store, campaign: dict[str, Any],
+                          conn: sqlite3.Connection) -> dict[str, tuple[list[str], str]]:
     """A campaign without parts: the vehicles its VIN ranges, models and years select."""
-    found: dict[str, list[str]] = {}
+    selected: list[str] = []
     scope = campaign["scope"]
     if campaign["vin_ranges"]:
         for r in campaign["vin_ranges"]:
@@ -279,34 +281,54 @@ def _vehicles_by_criteria(store: Store, campaign: dict[str, Any], conn: sqlite3.
                 "SELECT k, json_extract(CAST(v AS TEXT), '$.manufacturer'), json_extract(CAST(v AS TEXT), '$.model'),"
                 " json_extract(CAST(v AS TEXT), '$.year') FROM state WHERE k >= ? AND k <= ?",
                 (f"vehicle/{r['first']}", f"vehicle/{r['last']}"))
-            for key, manufacturer, model, year in rows:
-                if vehicle_in_scope(campaign, key[8:], manufacturer, model, int(year)):
-                    found[key[8:]] = []
-        return found
-    prefixes = [f"{scope}|{m}|" for m in campaign["models"]] if scope and campaign["models"] else (
-        [f"{scope}|"] if scope else [""])
-    for prefix in prefixes:
-        for key, _ in store.scan_index("vmodel", prefix, conn):
-            manufacturer, model, year, vin = key.split("|")
-            if vehicle_in_scope(campaign, vin, manufacturer, model, int(year)):
-                found[vin] = []
-    return found
+            selected.extend(key[8:] for key, manufacturer, model, year in rows
+                            if vehicle_in_scope(campaign, key[8:], manufacturer, model, int(year)))
+    else:
+        prefixes = [f"{scope}|{m}|" for m in campaign["models"]] if scope and campaign["models"] else (
+            [f"{scope}|"] if scope else [""])
+        for prefix in prefixes:
+            for key, _ in store.scan_index("vmodel", prefix, conn):
+                manufacturer, model, year, vin = key.split("|")
+                if vehicle_in_scope(campaign, vin, manufacturer, model, int(year)):
+                    selected.append(vin)
+    owners = _owners_from_records(selected, conn)
+    return {vin: ([], owners.get(vin, "")) for vin in selected}
 
 
-def _vehicles_by_parts(store: Store, campaign: dict[str, Any], conn: sqlite3.Connection) -> dict[str, list[str]]:
+def _vehicles_by_parts(store: Store, campaign: dict[str, Any],
+                       conn: sqlite3.Connection) -> dict[str, tuple[list[str], str]]:
     """Vehicles carrying one of the campaign's parts now (a repair that fitted one counts, a removal
-    ends it), within its vehicle criteria."""
-    found: dict[str, list[str]] = {}
+    ends it), within its vehicle criteria: VIN -> (affected serials, owner's key or "")."""
+    found: dict[str, tuple[list[str], str]] = {}
+    scope = campaign["scope"]
+    by_scope_only = not (campaign["vin_ranges"] or campaign["models"] or campaign["year_from"]
+                         or campaign["year_to"])
+    scope_prefix = f"{scope}|"
     for criterion in campaign["parts"]:
         number = criterion["part_number"]
         prefixes = [f"{number}|{lot}|" for lot in criterion["lots"]] or [f"{number}|"]
         for prefix in prefixes:
+            cut = len(prefix)
             for key, vehicle in store.scan_index("fitted", prefix, conn):
-                _, lot, vin, serial = key.split("|")
-                manufacturer, model, year = vehicle.split("|")
-                if part_affected(campaign, number, lot) and vehicle_in_scope(campaign, vin, manufacturer, model,
-                                                                             int(year)):
-                    found.setdefault(vin, []).append(serial)
+                if by_scope_only:   # the common case: no per-vehicle criteria beyond the maker
+                    if scope is not None and not vehicle.startswith(scope_prefix):
+                        continue
+                    rest = key[cut:]
+                    if not criterion["lots"]:
+                        rest = rest.partition("|")[2]     # drop the lot
+                    vin, _, serial = rest.partition("|")
+                    owner = vehicle.rpartition("|")[2]
+                else:
+                    _, lot, vin, serial = key.split("|")
+                    manufacturer, model, year, owner = vehicle.split("|")
+                    if not (part_affected(campaign, number, lot)
+                            and vehicle_in_scope(campaign, vin, manufacturer, model, int(year))):
+                        continue
+                hit = found.get(vin)
+                if hit is None:
+                    found[vin] = ([serial], owner)
+                else:
+                    hit[0].append(serial)
     return found
 
 
@@ -318,18 +340,21 @@ def campaign_report(store: Store, name: str, *, vehicles: bool = True,
         campaign = _state(store, f"recall/{name}", conn)
         if campaign is None:
             raise NotFound(f"no campaign {name}", code="unknown_campaign")
-        affected = (_vehicles_by_parts if campaign["parts"] else _vehicles_by_criteria)(store, campaign, conn)
+        if campaign["parts"]:
+            affected = _vehicles_by_parts(store, campaign, conn)
+        else:
+            affected = _vehicles_by_criteria(store, campaign, conn)
         remedied = dict(store.scan_index("remedied", f"{name}|", conn))
         remedied_vins = {key.partition("|")[2]: tx for key, tx in remedied.items()}
         open_vins = sorted(vin for vin in affected if vin not in remedied_vins)
-        owners = owners_of(store, open_vins, conn) if vehicles else {}
     total = len(open_vins) + len(remedied_vins)
     report: dict[str, Any] = {
         "campaign": campaign, "affected": total, "remedied": len(remedied_vins), "open": len(open_vins),
         "completion_permille": 1000 * len(remedied_vins) // total if total else 0,
     }
     if vehicles:
-        report["vehicles"] = [{"vin": vin, "owner": owners.get(vin), "serials": affected[vin]} for vin in open_vins]
+        report["vehicles"] = [{"vin": vin, "owner": affected[vin][1] or None, "serials": affected[vin][0]}
+                              for vin in open_vins]
         report["remedies"] = [{"vin": vin, "tx": tx} for vin, tx in sorted(remedied_vins.items())]
     return report
 
