@@ -1,0 +1,1 @@
+"""Signed data from vehicles: crash-recorder deposits, telematics batches, usage-based insurance."""
