@@ -62,11 +62,19 @@ def demo_genesis(time_ms: int | None = None, chain: str = DEMO_CHAIN) -> dict[st
     }
 
 
+# Organisations the demo admits by vote after genesis (the parts story): a chip maker in Taiwan and
+# a freight forwarder (:mod:`blokauto.demo_parts`).
+LATER_ORGS: list[dict[str, Any]] = [
+    {"id": "formosa-semi", "name": "Formosa Semiconductor Co. (Hsinchu)", "roles": ["parts_maker"]},
+    {"id": "meridian-freight", "name": "Meridian Air & Sea Freight", "roles": ["logistics"]},
+]
+
+
 def write_demo_keystores(directory: Path) -> list[Path]:
-    """Admin and one member keystore per organisation, password ``demo``."""
+    """Admin and one member keystore per organisation (those admitted later too), password ``demo``."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for spec in DEMO_ORGS:
+    for spec in [*DEMO_ORGS, *LATER_ORGS]:
         for suffix, signer in (("admin", demo_admin(spec["id"])), ("member", demo_member(spec["id"]))):
             path = directory / f"{spec['id']}-{suffix}.json"
             if not path.exists():
@@ -75,9 +83,10 @@ def write_demo_keystores(directory: Path) -> list[Path]:
     return paths
 
 
-def seed_demo(data_dir: Path, fleet: int = 0) -> int:
+def seed_demo(data_dir: Path, fleet: int = 0, parts: bool = True) -> int:
     """A little life in the demo ledger: every organisation admits a member key and anchors a document;
-    with ``fleet`` > 0, that many sample vehicles with their histories (:mod:`blokauto.demo_fleet`).
+    with ``fleet`` > 0, that many sample vehicles with their histories (:mod:`blokauto.demo_fleet`)
+    and, with ``parts``, the parts stories on them (:mod:`blokauto.demo_parts`).
 
     Returns the number of transactions committed.
     """
@@ -108,4 +117,8 @@ def seed_demo(data_dir: Path, fleet: int = 0) -> int:
 
             summary = seed_fleet(node, vehicles=fleet)
             total += summary.accepted + summary.rejected
+            if parts:
+                from blokauto.demo_parts import seed_parts
+
+                total += seed_parts(node).transactions
         return total

@@ -21,3 +21,7 @@ def test_bench_quick_json_runs_the_real_path() -> None:
     assert report["blokauto"]["log_size"] == 2000
     assert len(report["blokauto"]["rss_mb_by_quarter"]) == 5
     assert any(line.startswith("blokauto (") and line.endswith("tx/s") for line in report["lines"])
+    parts = report["parts"]
+    # the registrations, the fleet and the recall all went through the contracts
+    assert parts["recall_fleet"]["affected"] == 10 and parts["recall_full"]["affected"] == 20
+    assert any(line.startswith("parts: bulk registration") for line in parts["lines"])

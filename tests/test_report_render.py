@@ -291,7 +291,7 @@ def test_no_open_recalls_and_empty_view() -> None:
     html = render_html(v)
     assert "No open recalls recorded" in html
     assert "No accidents recorded" in html and "No liens recorded" in html
-    assert "No services or inspections recorded" in html and "No ownership recorded" in html
+    assert "No services, inspections or part changes recorded" in html and "No ownership recorded" in html
     assert "No title brands recorded" in html and 'class="banner ok"' in html
     assert "No odometer readings recorded" in chart_of(html)
     assert re.search(r'data-figure="odometer"><span class="value">—</span>', html)

@@ -85,7 +85,7 @@ def test_public_summary(env: Env, history: dict[str, Any]) -> None:
     assert summary == {
         "vin": VIN, "registered": True, "maker": "BMW", "model": "320d Touring", "year": 2019, "powertrain": "ice",
         "status": "active", "stolen": False, "title_brands": [], "odometer": "consistent", "accidents": 1,
-        "owners": 1, "lien": True, "events": 9,
+        "owners": 1, "lien": True, "events": 9, "open_recalls": [],
     }
     assert "owner" not in json.dumps(summary).replace('"owners"', "")
     assert env.tc.get(f"/v1/vehicles/{VIN.lower()}/summary").json()["vin"] == VIN   # typed in lower case

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from blokauto import metrics
 from blokauto.api.auth import TokenIssuer
 from blokauto.api.parts import add_part_routes
+from blokauto.api.software import add_software_routes
 from blokauto.api.vehicles import add_vehicle_routes
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import b64
@@ -109,6 +110,7 @@ def create_app(node: Node) -> FastAPI:
 
     guard_vehicle_tx = add_vehicle_routes(app, node, tokens, member_of)
     add_part_routes(app, node, tokens, member_of)
+    add_software_routes(app, node, tokens, member_of)
 
     # -- transactions ---------------------------------------------------------------------------
 

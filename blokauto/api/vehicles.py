@@ -24,6 +24,7 @@ from blokauto.node import Node
 from blokauto.reports import queries
 from blokauto.reports.bundle import build_bundle, verify_bundle
 from blokauto.reports.history import build_view, public_summary
+from blokauto.reports.parts import vehicle_recalls
 from blokauto.reports.share import open_share_token
 from blokauto.vin import canonical_vin, normalise_vin
 
@@ -75,6 +76,8 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
             return JSONResponse(bundle, headers={"Content-Disposition": f'inline; filename="{vin}.report.json"'})
         # not yet cosigned by a quorum (a network under strain): the page says who signed
         view = build_view(verify_bundle(bundle, keys, quorum if final else 1), now_ms=int(time.time() * 1000))
+        # recalls as this node lists them now (the campaigns are state; which apply is the recall index)
+        view["recalls"] = vehicle_recalls(store, bundle["state"]["value"])
         from blokauto.reports.render import render_html, render_pdf
 
         if fmt == "html":
@@ -120,7 +123,8 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
     def get_summary(vin: str) -> dict[str, Any]:
         """The public VIN check: registered, stolen, odometer consistent or flagged, accidents."""
         vin = canonical_vin(vin)
-        return public_summary(record_of(vin), vin)
+        record = record_of(vin)
+        return public_summary(record, vin, vehicle_recalls(store, record))
 
     @app.get("/vin", response_class=HTMLResponse, include_in_schema=False)
     def vin_check_page(vin: Annotated[str, Query(max_length=40)] = "") -> HTMLResponse:
@@ -135,7 +139,8 @@ def add_vehicle_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         except BlokError as exc:
             return HTMLResponse(render_vin_check(vin, None, exc.message), status_code=400)
         record = node.read_state(f"vehicle/{checked}")
-        return HTMLResponse(render_vin_check(checked, public_summary(record, checked)),
+        recalls = vehicle_recalls(store, record) if record else None
+        return HTMLResponse(render_vin_check(checked, public_summary(record, checked, recalls)),
                             status_code=200 if record else 404)
 
     @app.get("/v1/vehicles/{vin}/report", tags=["vehicles"],

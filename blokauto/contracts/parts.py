@@ -233,11 +233,17 @@ def part_leaf(part_number: str, serial: str, passport: dict[str, Any] | None = N
     return canonical.encode({"battery": passport, "part_number": part_number, "serial": serial})
 
 
+def full_passport(passport: dict[str, Any]) -> dict[str, Any]:
+    """A passport with its defaults filled in: the leaf commits to every field, whether the maker
+    wrote the default or left it out."""
+    return msgspec.to_builtins(msgspec.convert(passport, Passport, strict=True))  # type: ignore[no-any-return]
+
+
 def batch_leaves(part_number: str, serials: list[str], passports: list[dict[str, Any]] | None) -> list[bytes]:
     if passports is None:
         pn = part_number.encode()
         return [b'{"part_number":"%s","serial":"%s"}' % (pn, s.encode()) for s in serials]
-    return [part_leaf(part_number, s, p) for s, p in zip(serials, passports, strict=True)]
+    return [part_leaf(part_number, s, full_passport(p)) for s, p in zip(serials, passports, strict=True)]
 
 
 def compute_batch_root(part_number: str, serials: list[str], passports: list[dict[str, Any]] | None) -> str:
@@ -413,13 +419,13 @@ def register_batch(ctx: Context, p: RegisterBatch) -> None:
         require(p.passports is None, "bad_batch", f"{p.part_number} is not a battery; passports do not apply")
     passports = None if p.passports is None else [msgspec.to_builtins(x) for x in p.passports]
     root = p.root      # RegisterBatch.validate() checked that the parts hash to it
-    batch = batch_id(root)
-    require(ctx.get(batch_key(batch)) is None, "batch_registered", f"a batch {batch} is already registered")
     taken = ctx.index_get_many("serial", p.serials)
     if taken:
         first = next(s for s in p.serials if s in taken)
         require(False, "serial_registered", f"serial {first} is already registered ({len(taken)} of the batch are)",
                 first)
+    batch = batch_id(root)
+    require(ctx.get(batch_key(batch)) is None, "batch_registered", f"a batch {batch} is already registered")
     materials = consume_materials(ctx, p.materials)
     ctx.index_put_many("serial", zip(p.serials, [f"{batch}:{i}" for i in range(len(p.serials))], strict=True))
     ctx.put(batch_key(batch), {

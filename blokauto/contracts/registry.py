@@ -68,6 +68,13 @@ class Payload(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 def load_all() -> dict[str, TxType]:
     """Import every domain module so its handlers register; returns the table."""
-    from blokauto.contracts import governance, notary, parts, recalls, vehicle  # noqa: F401
+    from blokauto.contracts import (  # noqa: F401
+        governance,
+        notary,
+        parts,
+        recalls,
+        software,
+        vehicle,
+    )
 
     return REGISTRY

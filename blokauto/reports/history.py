@@ -30,6 +30,7 @@ def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, A
     accidents: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []
     inspections: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for leaf, (event, tx_hash) in zip(report.events, report.chain, strict=True):
         payload = _payload(leaf)
@@ -63,6 +64,13 @@ def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, A
                              "parts": [str(p.get("part_number", "")) for p in payload.get("parts", [])
                                        if isinstance(p, dict)],
                              "org": org or ""})
+        elif kind in ("part_installed", "part_removed", "recall_remedied"):
+            removed = event.get("removed", event.get("serials", []) if kind == "part_removed" else [])
+            fitted = event.get("installed", event.get("serials", []) if kind == "part_installed" else [])
+            parts.append({"at_ms": at, "km": event.get("odometer_km"), "kind": kind, "org": org or "",
+                          "fitted": [str(s) for s in fitted], "removed": [str(s) for s in removed],
+                          "part_numbers": [str(n) for n in event.get("part_numbers", [])],
+                          "campaign": event.get("campaign"), "reason": event.get("reason")})
         elif kind == "inspection":
             items = [i for i in payload.get("items", []) if isinstance(i, dict)]
             inspections.append({"at_ms": at, "km": int(payload.get("odometer_km", 0)),
@@ -105,6 +113,7 @@ def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, A
         "accidents": accidents,
         "services": services,
         "inspections": inspections,
+        "parts": parts,
         "recalls": [],
         "events": events,
         "evidence": evidence,
@@ -114,8 +123,10 @@ def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, A
     }
 
 
-def public_summary(record: dict[str, Any] | None, vin: str) -> dict[str, Any]:
-    """The public VIN check: facts a buyer may see about any car, nothing about its owners."""
+def public_summary(record: dict[str, Any] | None, vin: str,
+                   recalls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The public VIN check: facts a buyer may see about any car, nothing about its owners.
+    ``recalls`` are the vehicle's campaigns (:func:`blokauto.reports.parts.vehicle_recalls`)."""
     if record is None:
         return {"vin": vin, "registered": False}
     return {
@@ -126,4 +137,6 @@ def public_summary(record: dict[str, Any] | None, vin: str) -> dict[str, Any]:
         "odometer": "flagged" if record["odometer_flags"] else "consistent",
         "accidents": record["accidents"], "owners": record["owners"],
         "lien": bool(record["liens"]), "events": record["events"],
+        "open_recalls": [{"campaign": r["campaign"], "title": r["title"], "remedy": r["remedy"]}
+                         for r in recalls or [] if r["status"] == "open"],
     }

@@ -443,6 +443,7 @@ def _context(view: dict[str, Any]) -> dict[str, Any]:
     ]
     history: list[dict[str, Any]] = [{"type": "service", **s} for s in view["services"]]
     history += [{"type": "inspection", **i} for i in view["inspections"]]
+    history += [{"type": "parts", **p} for p in view.get("parts", [])]
     history.sort(key=lambda h: h["at_ms"])
     open_recalls = [r for r in view["recalls"] if r["status"] == "open"]
     other_recalls = [r for r in view["recalls"] if r["status"] != "open"]
