@@ -7,20 +7,26 @@ each have exactly one boundary that turns it into a message (CLI) or problem+jso
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BlokError(Exception):
     """Root of every Blok Auto error."""
 
     code: str = "error"
     http_status: int = 500
+    extra: dict[str, Any] | None = None    # problem+json extension members (a mismatch proof, say)
 
-    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         if http_status is not None:
             self.http_status = http_status
+        if extra is not None:
+            self.extra = extra
 
 
 class InputError(BlokError):

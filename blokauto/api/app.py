@@ -24,6 +24,7 @@ from blokauto import metrics
 from blokauto.api.auth import TokenIssuer
 from blokauto.api.parts import add_part_routes
 from blokauto.api.software import add_software_routes
+from blokauto.api.vehicledata import add_vehicle_data_routes
 from blokauto.api.vehicles import add_vehicle_routes
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import b64
@@ -42,10 +43,12 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_HEIGHT = 2**62
 
 
-def problem(status: int, code: str, detail: str, title: str | None = None) -> JSONResponse:
+def problem(status: int, code: str, detail: str, title: str | None = None,
+            extra: dict[str, Any] | None = None) -> JSONResponse:
+    """RFC 9457 problem details; ``extra`` adds extension members (a mismatch proof, say)."""
     return JSONResponse(
-        {"type": f"https://blokauto.example/problems/{code}", "title": title or code.replace("_", " "),
-         "status": status, "code": code, "detail": detail},
+        {**(extra or {}), "type": f"https://blokauto.example/problems/{code}",
+         "title": title or code.replace("_", " "), "status": status, "code": code, "detail": detail},
         status_code=status, media_type=PROBLEM,
     )
 
@@ -82,7 +85,7 @@ def create_app(node: Node) -> FastAPI:
 
     @app.exception_handler(BlokError)
     async def blok_error(_: Request, exc: BlokError) -> JSONResponse:
-        return problem(exc.http_status, exc.code, exc.message)
+        return problem(exc.http_status, exc.code, exc.message, extra=getattr(exc, "extra", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -111,6 +114,7 @@ def create_app(node: Node) -> FastAPI:
     guard_vehicle_tx = add_vehicle_routes(app, node, tokens, member_of)
     add_part_routes(app, node, tokens, member_of)
     add_software_routes(app, node, tokens, member_of)
+    add_vehicle_data_routes(app, node, tokens, member_of)
 
     # -- transactions ---------------------------------------------------------------------------
 

@@ -13,13 +13,14 @@ from typing import Any
 import httpx
 
 from blokauto.client.software import SoftwareClient
+from blokauto.client.vehicledata import VehicleDataClient
 from blokauto.crypto.keys import DOMAIN_AUTH, Signer, auth_message, b64
 from blokauto.errors import BlokError, NetworkError
 from blokauto.ledger import proofs
 from blokauto.ledger.tx import sign_tx
 
 
-class Client(SoftwareClient):
+class Client(SoftwareClient, VehicleDataClient):
     def __init__(self, url: str, key: Signer | None = None, *, timeout: float = 60.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")

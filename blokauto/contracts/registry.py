@@ -75,6 +75,7 @@ def load_all() -> dict[str, TxType]:
         recalls,
         software,
         vehicle,
+        vehicledata,
     )
 
     return REGISTRY

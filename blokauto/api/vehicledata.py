@@ -1,0 +1,282 @@
+"""Vehicle data endpoints: crash records, telematics samples, policies, premiums and claims.
+
+The ledger holds the commitments; the records and samples come through here into the off-chain
+store, accepted only when they match what the device committed. Who reads what:
+
+* a crash deposit and its full record: the vehicle's owner (now, or at the crash), its
+  manufacturer, its insurer (now, or at the crash), regulators and registries, and organisations
+  the owner consented to (``crash``);
+* telematics samples: the owner and the organisations the owner consented to (``telematics``; a
+  policy's insurer holds that consent); batch headers (root and aggregates) likewise;
+* policies, premiums and claims: the insurer and the owner (claims also regulators).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from blokauto.api.auth import TokenIssuer
+from blokauto.contracts.vehicledata import has_consent
+from blokauto.errors import InputError, NotFound, Unauthorized, VerificationError
+from blokauto.ledger import proofs
+from blokauto.node import Node
+from blokauto.offchain.store import BlobStore
+from blokauto.vehicledata import crash as edr
+from blokauto.vehicledata import telematics
+from blokauto.vin import canonical_vin
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_RECORD_BYTES = 256 * 1024
+MAX_SAMPLES_BYTES = telematics.MAX_SAMPLES * telematics.SAMPLE_SIZE
+CRASH_ROLES = frozenset({"regulator", "registry"})
+
+
+def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
+                            member_of: Callable[[str | None], dict[str, Any]]) -> None:
+    blobs = BlobStore(node.data_dir / "offchain")
+    app.state.blobs = blobs
+
+    def reader(authorization: str | None) -> tuple[str, dict[str, Any] | None]:
+        did = tokens.did_of(authorization)
+        return did, node.active_member(did)
+
+    def vehicle(vin: str) -> dict[str, Any]:
+        record = node.read_state(f"vehicle/{vin}")
+        if record is None:
+            raise NotFound(f"no vehicle {vin} is registered", code="unknown_vehicle")
+        return dict(record)
+
+    def consented(vin: str, org: str | None, scope: str) -> bool:
+        return org is not None and has_consent(_Reader(node), vin, org, scope, int(time.time() * 1000))
+
+    def deny(what: str) -> Unauthorized:
+        return Unauthorized(f"{what} is for the vehicle's owner and the organisations entitled to it",
+                            code="not_entitled", http_status=403)
+
+    def require_crash_reader(crash: dict[str, Any], authorization: str | None) -> None:
+        did, member = reader(authorization)
+        record = vehicle(crash["vin"])
+        at = crash["vehicle_state"]
+        if did in (record.get("owner"), at.get("owner")):
+            return
+        org = None if member is None else member["org"]
+        if member is not None and (org in (record.get("manufacturer"), record.get("insurer"), at.get("insurer"))
+                                   or not CRASH_ROLES.isdisjoint(member["roles"])):
+            return
+        if consented(crash["vin"], org, "crash"):
+            return
+        raise deny("a crash record")
+
+    def require_telematics_reader(vin: str, authorization: str | None) -> None:
+        did, member = reader(authorization)
+        if did == vehicle(vin).get("owner"):
+            return
+        if consented(vin, None if member is None else member["org"], "telematics"):
+            return
+        raise deny("telematics data")
+
+    def crash_of(record_hash: str) -> dict[str, Any]:
+        if not HEX64.fullmatch(record_hash):
+            raise InputError("a record hash is 64 lowercase hex digits", code="bad_hash")
+        crash = node.read_state(f"crash/{record_hash}")
+        if crash is None:
+            raise NotFound(f"no crash record {record_hash} is deposited", code="unknown_crash")
+        return dict(crash)
+
+    async def body(request: Request, limit: int) -> bytes:
+        from blokauto.api.app import read_body
+
+        return await read_body(request, limit)
+
+    # -- crash records ----------------------------------------------------------------------------
+
+    @app.put("/v1/crash/{record_hash}/record", tags=["vehicle data"])
+    async def put_crash_record(record_hash: str, request: Request) -> dict[str, Any]:
+        """Store a deposited crash record: accepted only if it is byte for byte what the device signed
+        and the ledger's summary derives from it (anyone may upload: the record proves itself)."""
+        crash = crash_of(record_hash)
+        data = await body(request, MAX_RECORD_BYTES)
+        try:
+            edr.verify_deposit(data, crash["signature"], crash["device"], record_hash, crash["summary"],
+                               brake_window_ms=crash["summary"]["brake_window_ms"])
+        except VerificationError as exc:
+            raise VerificationError(exc.message, code=exc.code) from None
+        stored = await run_in_threadpool(blobs.put, "crash", record_hash, data)
+        return {"record_hash": record_hash, "stored": stored}
+
+    @app.get("/v1/crash/{record_hash}", tags=["vehicle data"])
+    def get_crash(record_hash: str, proof: bool = False,
+                  authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """A deposit: hash, device signature, summary, the vehicle's state at the crash; ``?proof=1``
+        adds its state proof."""
+        crash = crash_of(record_hash)
+        require_crash_reader(crash, authorization)
+        answer: dict[str, Any] = {"deposit": crash, "stored": blobs.get("crash", record_hash) is not None}
+        if proof:
+            answer["proof"], _ = node.finalize(proofs.build_state_proof(node.store, f"crash/{record_hash}"))
+        return answer
+
+    @app.get("/v1/crash/{record_hash}/record", tags=["vehicle data"])
+    def get_crash_record(record_hash: str, authorization: Annotated[str | None, Header()] = None) -> Response:
+        """The full record as the device signed it (canonical JSON); check it against the deposit."""
+        crash = crash_of(record_hash)
+        require_crash_reader(crash, authorization)
+        data = blobs.get("crash", record_hash)
+        if data is None:
+            raise NotFound("the record has not been uploaded to this node", code="record_not_stored")
+        return Response(data, media_type="application/json")
+
+    @app.get("/v1/vehicles/{vin}/crashes", tags=["vehicle data"])
+    def list_crashes(vin: str, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Every crash deposit of a vehicle, oldest first (the same readers as a deposit)."""
+        vin = canonical_vin(vin)
+        found = []
+        for _, record_hash in node.store.scan_index("crashes", f"{vin}|"):
+            crash = crash_of(record_hash)
+            require_crash_reader(crash, authorization)
+            found.append(crash)
+        return {"vin": vin, "crashes": found}
+
+    # -- telematics ------------------------------------------------------------------------------
+
+    def batch_header(vin: str, seq: int) -> dict[str, Any]:
+        stored = node.read_state(f"tbatch/{vin}/{seq}")
+        if stored is None:
+            raise NotFound(f"no telematics batch {seq} of {vin}", code="unknown_batch")
+        return dict(stored)
+
+    def check_samples(header: dict[str, Any], data: bytes) -> None:
+        parsed = telematics.header_from_dict({k: v for k, v in header.items() if k != "tx"})
+        try:
+            telematics.verify_batch(parsed, data)
+        except VerificationError as exc:
+            extra: dict[str, Any] = {}
+            if exc.code not in ("root_mismatch", "count_mismatch"):    # the device's own lie: prove it
+                extra["mismatch_proof"] = telematics.prove_mismatch(parsed, data)
+            raise VerificationError(exc.message, code=exc.code, extra=extra) from None
+
+    @app.put("/v1/telematics/{vin}/{seq}/samples", tags=["vehicle data"])
+    async def put_samples(vin: str, seq: Annotated[int, Path(ge=0)], request: Request) -> dict[str, Any]:
+        """Store a batch's samples: accepted only if they hash to the committed root and give the
+        committed aggregates. Otherwise 422, and when the device lied the problem carries a
+        ``mismatch_proof`` for ``telematics.dispute``."""
+        vin = canonical_vin(vin)
+        header = batch_header(vin, seq)
+        data = await body(request, MAX_SAMPLES_BYTES)
+        await run_in_threadpool(check_samples, header, data)
+        stored = await run_in_threadpool(blobs.put, "telematics", header["root"], data)
+        return {"vin": vin, "seq": seq, "root": header["root"], "stored": stored}
+
+    @app.get("/v1/telematics/{vin}", tags=["vehicle data"])
+    def get_telematics(vin: str, after: Annotated[int, Query(ge=-1)] = -1,
+                       limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
+                       authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """The vehicle's telematics chain and its batches (root, start, count), oldest first."""
+        vin = canonical_vin(vin)
+        require_telematics_reader(vin, authorization)
+        batches = []
+        for key, value in node.store.scan_index("tbatch", f"{vin}|", limit=limit,
+                                                after=f"{vin}|{after:012d}" if after >= 0 else ""):
+            root, start_ms, count, tx = value.split("|")
+            seq = int(key.rsplit("|", 1)[1])
+            batches.append({"seq": seq, "root": root, "start_ms": int(start_ms), "count": int(count), "tx": tx,
+                            "disputed": node.read_state(f"tdispute/{vin}/{seq}") is not None})
+        return {"vin": vin, "chain": node.read_state(f"telem/{vin}"), "batches": batches}
+
+    @app.get("/v1/telematics/{vin}/{seq}", tags=["vehicle data"])
+    def get_batch(vin: str, seq: Annotated[int, Path(ge=0)],
+                  authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        vin = canonical_vin(vin)
+        require_telematics_reader(vin, authorization)
+        header = batch_header(vin, seq)
+        return {"header": header, "stored": blobs.get("telematics", header["root"]) is not None,
+                "dispute": node.read_state(f"tdispute/{vin}/{seq}")}
+
+    @app.get("/v1/telematics/{vin}/{seq}/samples", tags=["vehicle data"])
+    def get_samples(vin: str, seq: Annotated[int, Path(ge=0)],
+                    authorization: Annotated[str | None, Header()] = None) -> Response:
+        """The batch's samples (26 bytes each, big-endian; layout in docs/domains/vehicledata.md)."""
+        vin = canonical_vin(vin)
+        require_telematics_reader(vin, authorization)
+        data = blobs.get("telematics", batch_header(vin, seq)["root"])
+        if data is None:
+            raise NotFound("the samples have not been uploaded to this node", code="samples_not_stored")
+        return Response(data, media_type="application/octet-stream")
+
+    @app.get("/v1/telematics/{vin}/{seq}/samples/{index}", tags=["vehicle data"])
+    def get_sample_proof(vin: str, seq: Annotated[int, Path(ge=0)], index: Annotated[int, Path(ge=0)],
+                         authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """One sample with its inclusion proof against the batch's committed root."""
+        vin = canonical_vin(vin)
+        require_telematics_reader(vin, authorization)
+        header = batch_header(vin, seq)
+        data = blobs.get("telematics", header["root"])
+        if data is None:
+            raise NotFound("the samples have not been uploaded to this node", code="samples_not_stored")
+        if index >= header["count"]:
+            raise NotFound(f"the batch has {header['count']} samples", code="unknown_sample")
+        proof = telematics.prove_sample(data, index)
+        return {"header": header, "proof": proof,
+                "sample": telematics.decode_sample(base64.b64decode(proof["sample"]))._asdict()}
+
+    # -- insurance -------------------------------------------------------------------------------
+
+    def require_policy_reader(vin: str, policy: dict[str, Any], authorization: str | None) -> None:
+        did, member = reader(authorization)
+        if did == vehicle(vin).get("owner") or (member is not None and member["org"] == policy["insurer"]):
+            return
+        raise deny("a policy")
+
+    @app.get("/v1/policies/{vin}", tags=["vehicle data"])
+    def get_policy(vin: str, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        vin = canonical_vin(vin)
+        policy = node.read_state(f"policy/{vin}")
+        if policy is None:
+            raise NotFound(f"no policy on {vin}", code="no_policy")
+        require_policy_reader(vin, policy, authorization)
+        return {"policy": policy}
+
+    @app.get("/v1/policies/{vin}/premiums/{period}", tags=["vehicle data"])
+    def get_premium(vin: str, period: Annotated[int, Path(ge=0)],
+                    authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """A closed period's premium with every term explained."""
+        vin = canonical_vin(vin)
+        policy = node.read_state(f"policy/{vin}")
+        premium = node.read_state(f"premium/{vin}/{period}")
+        if policy is None or premium is None:
+            raise NotFound(f"no premium for period {period} of {vin}", code="no_premium")
+        require_policy_reader(vin, policy, authorization)
+        return {"premium": premium}
+
+    @app.get("/v1/claims/{claim}", tags=["vehicle data"])
+    def get_claim(claim: str, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """A claim, linked to its crash record and the vehicle's state at the time."""
+        if not HEX64.fullmatch(claim):
+            raise InputError("a claim id is 64 lowercase hex digits", code="bad_hash")
+        found = node.read_state(f"claim/{claim}")
+        if found is None:
+            raise NotFound(f"no claim {claim}", code="unknown_claim")
+        did, member = reader(authorization)
+        insurer_or_authority = member is not None and (
+            member["org"] == found["insurer"] or not CRASH_ROLES.isdisjoint(member["roles"]))
+        if did != vehicle(found["vin"]).get("owner") and not insurer_or_authority:
+            raise deny("a claim")
+        return {"claim": found}
+
+
+class _Reader:
+    """Committed state as the contracts' consent rule reads it."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def get(self, key: str) -> Any | None:
+        return self.node.read_state(key)
