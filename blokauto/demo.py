@@ -86,7 +86,8 @@ def write_demo_keystores(directory: Path) -> list[Path]:
 def seed_demo(data_dir: Path, fleet: int = 0, parts: bool = True) -> int:
     """A little life in the demo ledger: every organisation admits a member key and anchors a document;
     with ``fleet`` > 0, that many sample vehicles with their histories (:mod:`blokauto.demo_fleet`)
-    and, with ``parts``, the parts stories on them (:mod:`blokauto.demo_parts`).
+    and, with ``parts``, the parts stories, software releases, telematics, a priced insurance period
+    and a crash with its claim on them (:mod:`blokauto.demo_parts`, :mod:`blokauto.demo_vehicledata`).
 
     Returns the number of transactions committed.
     """
@@ -119,6 +120,8 @@ def seed_demo(data_dir: Path, fleet: int = 0, parts: bool = True) -> int:
             total += summary.accepted + summary.rejected
             if parts:
                 from blokauto.demo_parts import seed_parts
+                from blokauto.demo_vehicledata import seed_vehicledata
 
                 total += seed_parts(node).transactions
+                total += seed_vehicledata(node).transactions
         return total

@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -398,6 +398,11 @@ class Node:
             _, code, message, status = refusals[0]
             raise BlokError(message, code=code, http_status=status)
         return decode_batch(encoded)[0]
+
+    def run_in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a pure, importable function on the node's worker processes and wait for its result:
+        CPU-heavy checks (a day of telematics samples) then run beside the committer, not on its GIL."""
+        return self._check_pool().submit(fn, *args).result()
 
     def _check_pool(self) -> ProcessPoolExecutor:
         if self._procs is None:

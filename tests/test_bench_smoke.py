@@ -25,3 +25,6 @@ def test_bench_quick_json_runs_the_real_path() -> None:
     # the registrations, the fleet and the recall all went through the contracts
     assert parts["recall_fleet"]["affected"] == 10 and parts["recall_full"]["affected"] == 20
     assert any(line.startswith("parts: bulk registration") for line in parts["lines"])
+    data = report["vehicle_data"]
+    assert data["ingested"] >= 57_600 and data["baseline"]["batches"] > 0
+    assert any(line.startswith("vehicle data: telematics ingestion") for line in data["lines"])

@@ -59,3 +59,18 @@ def test_the_recall_lists_exactly_the_cars_still_carrying_a_faulty_pad(seeded: t
         assert all(s.startswith("BP-2409-A-") for s in vehicle["serials"])
     signal = parts.authenticity(node.store, "BP-2409-X-00001")
     assert not signal["registered"] and [s["code"] for s in signal["counterfeit_signals"]] == ["part_not_registered"]
+
+
+def test_software_telematics_premium_and_crash_claim(seeded: tuple[Node, PartsSummary]) -> None:
+    from blokauto.demo_vehicledata import seed_vehicledata
+
+    node, _ = seeded
+    summary = seed_vehicledata(node)
+    vin = summary.notable["insured_car"]
+    premium = node.read_state(f"premium/{vin}/0")
+    assert premium["aggregates"]["samples"] == 30 * 3_600 and premium["aggregates"]["night_distance_m"] > 0
+    assert premium["total_cents"] == sum(t["cents"] for t in premium["terms"]) > 0
+    claim = node.read_state(f"claim/{summary.notable['claim']}")
+    assert claim["automatic"] and claim["crash"] == summary.notable["crash_record"] and claim["flags"] == []
+    software = node.read_state(f"vehicle/{summary.notable['software_car']}")["software"]["brake"]
+    assert software["hardware_id"] == "brake-ecu-v2" and software["version"] in (1, 2)

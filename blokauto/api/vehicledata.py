@@ -13,18 +13,21 @@ store, accepted only when they match what the device committed. Who reads what:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import FastAPI, Header, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from blokauto.api.auth import TokenIssuer
 from blokauto.contracts.vehicledata import has_consent
+from blokauto.crypto import canonical
 from blokauto.errors import InputError, NotFound, Unauthorized, VerificationError
 from blokauto.ledger import proofs
 from blokauto.node import Node
@@ -36,6 +39,7 @@ from blokauto.vin import canonical_vin
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_RECORD_BYTES = 256 * 1024
 MAX_SAMPLES_BYTES = telematics.MAX_SAMPLES * telematics.SAMPLE_SIZE
+MAX_INGEST_BYTES = MAX_SAMPLES_BYTES * 4 // 3 + 64 * 1024     # base64 samples + the transaction
 CRASH_ROLES = frozenset({"regulator", "registry"})
 
 
@@ -153,15 +157,6 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
             raise NotFound(f"no telematics batch {seq} of {vin}", code="unknown_batch")
         return dict(stored)
 
-    def check_samples(header: dict[str, Any], data: bytes) -> None:
-        parsed = telematics.header_from_dict({k: v for k, v in header.items() if k != "tx"})
-        try:
-            telematics.verify_batch(parsed, data)
-        except VerificationError as exc:
-            extra: dict[str, Any] = {}
-            if exc.code not in ("root_mismatch", "count_mismatch"):    # the device's own lie: prove it
-                extra["mismatch_proof"] = telematics.prove_mismatch(parsed, data)
-            raise VerificationError(exc.message, code=exc.code, extra=extra) from None
 
     @app.put("/v1/telematics/{vin}/{seq}/samples", tags=["vehicle data"])
     async def put_samples(vin: str, seq: Annotated[int, Path(ge=0)], request: Request) -> dict[str, Any]:
@@ -171,9 +166,46 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         vin = canonical_vin(vin)
         header = batch_header(vin, seq)
         data = await body(request, MAX_SAMPLES_BYTES)
-        await run_in_threadpool(check_samples, header, data)
+        refusal = await run_in_threadpool(node.run_in_worker, check_samples, header, data)
+        if refusal is not None:
+            code, message, extra = refusal
+            raise VerificationError(message, code=code, extra=extra)
         stored = await run_in_threadpool(blobs.put, "telematics", header["root"], data)
         return {"vin": vin, "seq": seq, "root": header["root"], "stored": stored}
+
+    @app.post("/v1/telematics", tags=["vehicle data"])
+    async def ingest(request: Request, wait: bool = True) -> Response:
+        """A vehicle's batch in one request: ``{"tx": <the signed telematics.batch transaction>,
+        "samples": <base64 of the samples>}``. The samples are checked against the header (root,
+        aggregates) on a worker process and stored before the transaction is ordered, so a batch whose
+        header lies is refused at the door (422, with the mismatch proof) and never committed."""
+        from blokauto.api.app import COMMIT_WAIT_S
+
+        raw = await body(request, MAX_INGEST_BYTES)
+        try:
+            doc = msgspec.json.decode(raw)
+            tx_bytes = canonical.encode(doc["tx"])
+            samples = base64.b64decode(doc["samples"], validate=True)
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError, InputError) as exc:
+            raise InputError(f'the body is {{"tx": <transaction>, "samples": <base64>}}: {exc}',
+                             code="bad_ingest") from None
+        tx = await run_in_threadpool(node.check, tx_bytes)
+        if tx.type != "telematics.batch":
+            raise InputError("this endpoint takes telematics.batch transactions", code="bad_ingest")
+        header = tx.payload["header"]
+        refusal = await run_in_threadpool(node.run_in_worker, check_samples, header, samples)
+        if refusal is not None:
+            code, message, extra = refusal
+            raise VerificationError(message, code=code, extra=extra)
+        await run_in_threadpool(blobs.put, "telematics", header["root"], samples)
+        future = node.enqueue(tx)
+        if not wait:
+            return JSONResponse({"tx": tx.hash_hex, "status": "pending"}, status_code=202)
+        try:
+            receipt = await asyncio.wait_for(asyncio.wrap_future(future), COMMIT_WAIT_S)
+        except TimeoutError:
+            return JSONResponse({"tx": tx.hash_hex, "status": "pending"}, status_code=202)
+        return JSONResponse(receipt)
 
     @app.get("/v1/telematics/{vin}", tags=["vehicle data"])
     def get_telematics(vin: str, after: Annotated[int, Query(ge=-1)] = -1,
@@ -270,6 +302,20 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         if did != vehicle(found["vin"]).get("owner") and not insurer_or_authority:
             raise deny("a claim")
         return {"claim": found}
+
+
+def check_samples(header: dict[str, Any], data: bytes) -> tuple[str, str, dict[str, Any]] | None:
+    """Do the samples hash to the committed root and give the committed aggregates? Runs in a worker
+    process, so it returns the refusal (code, message, problem extension) instead of raising it."""
+    parsed = telematics.header_from_dict({k: v for k, v in header.items() if k != "tx"})
+    try:
+        telematics.verify_batch(parsed, data)
+    except (VerificationError, InputError) as exc:
+        extra: dict[str, Any] = {}
+        if exc.code not in ("root_mismatch", "count_mismatch", "bad_length"):   # the device's own lie: prove it
+            extra["mismatch_proof"] = telematics.prove_mismatch(parsed, data)
+        return exc.code, exc.message, extra
+    return None
 
 
 class _Reader:

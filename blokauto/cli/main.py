@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from blokauto.cli import network, parts, software, vehicles
+from blokauto.cli import network, parts, software, vehicledata, vehicles
 from blokauto.cli.common import (
     DEFAULT_NODE,
     DataOpt,
@@ -303,6 +303,9 @@ def bench(
     parts_index_vehicles: Annotated[int, typer.Option(
         help="Vehicles (30 fitted parts each) in the full-scale recall index; the target is stated at "
              "1,000,000 (~3 GB, ~10 min to write).")] = 100_000,
+    vehicle_data: Annotated[bool, typer.Option(help="Also measure telematics ingestion, sample proofs and "
+                                                    "crash deposits through the HTTP API.")] = True,
+    telematics_n: Annotated[int, typer.Option(help="Telematics samples to ingest.")] = 1_000_000,
 ) -> None:
     """Measure committed tx/s through the real path beside same-run baselines, then report speed."""
     from blokauto.bench import run_bench
@@ -320,6 +323,11 @@ def bench(
         results["parts"] = run_parts_bench(40_000 if quick else parts_n, fleet=100 if quick else 1_000,
                                            index_vehicles=2_000 if quick else parts_index_vehicles,
                                            samples=40 if quick else 200, log=say)
+    if vehicle_data:
+        from blokauto.bench_vehicledata import run_vehicledata_bench
+
+        results["vehicle_data"] = run_vehicledata_bench(57_600 if quick else telematics_n,
+                                                        crashes=10 if quick else 100, log=say)
     if network if network is not None else not quick:
         from blokauto.bench_network import run_network_bench
 
@@ -339,7 +347,8 @@ def bench(
         print_json(results)
         return
     for line in [*results["lines"], *results.get("reports", {}).get("lines", []),
-                 *results.get("parts", {}).get("lines", []), *results.get("network", {}).get("lines", [])]:
+                 *results.get("parts", {}).get("lines", []), *results.get("vehicle_data", {}).get("lines", []),
+                 *results.get("network", {}).get("lines", [])]:
         sys.stdout.write(line + "\n")
 
 
@@ -347,6 +356,7 @@ vehicles.register(app)
 network.register(app)
 parts.register_commands(app)
 software.register_commands(app)
+vehicledata.register_commands(app)
 
 
 def main() -> None:
