@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blokauto.crypto import canonical, merkle
-from blokauto.crypto.keys import Signer, b64
+from blokauto.crypto.keys import Signer, b64, unb64
 from blokauto.errors import BlokError, InputError, VerificationError
 from blokauto.vehicledata import telematics as tm
 from blokauto.vehicledata.telematics import (
@@ -83,11 +83,21 @@ def resign(header: TelematicsHeader, signer: Signer = DEVICE, **changes: Any) ->
     return msgspec.structs.replace(unsigned, signature=b64(signer.sign(DOMAIN_TELEMATICS, tm.header_bytes(unsigned))))
 
 
+def leaves_of(proof: dict[str, Any]) -> list[int]:
+    return [p["index"] // 16 for p in proof["samples"]]
+
+
+def reference_leaves(blob: bytes) -> list[bytes]:
+    """The documented leaves, without the module: merkle.leaf_hash of each 16 consecutive samples."""
+    step = 16 * SAMPLE_SIZE
+    return [merkle.leaf_hash(blob[i:i + step]) for i in range(0, len(blob), step)]
+
+
 def header_over(blob: bytes, start_ms: int = NOON_MS, **changes: Any) -> TelematicsHeader:
     """A signed header over any blob, even one seal_batch would refuse (the device misbehaving)."""
-    leaves = [merkle.leaf_hash(blob[i:i + SAMPLE_SIZE]) for i in range(0, len(blob), SAMPLE_SIZE)]
+    leaves = reference_leaves(blob)
     aggregates = Aggregates(**reference_aggregates(unpack_all(blob), start_ms))
-    base = TelematicsHeader(vin=VIN, device=DEVICE.did, seq=1, start_ms=start_ms, count=len(leaves),
+    base = TelematicsHeader(vin=VIN, device=DEVICE.did, seq=1, start_ms=start_ms, count=len(blob) // SAMPLE_SIZE,
                             root=merkle.compute_root(leaves).hex(), aggregates=aggregates, signature="")
     return resign(base, **changes)
 
@@ -166,10 +176,11 @@ def test_blob_lengths_refused() -> None:
 
 def test_leaf_hashes_match_merkle_leaf_hash() -> None:
     # Samples ending in zero bytes (utc_offset_min 0) must not lose them on the way through numpy.
-    samples = [sample(t, t, utc_offset_min=0, lon_e6=0, lat_e6=0) for t in range(5)] + drive(4)
+    samples = [sample(t, t, utc_offset_min=0, lon_e6=0, lat_e6=0) for t in range(5)] + drive(30)
     blob = tm.encode_samples(samples)
-    expected = [merkle.leaf_hash(tm.encode_sample(s)) for s in samples]
-    assert tm.leaf_hashes(blob) == expected
+    expected = [merkle.leaf_hash(b"".join(tm.encode_sample(s) for s in samples[i:i + 16]))
+                for i in range(0, len(samples), 16)]
+    assert tm.leaf_hashes(blob) == expected == reference_leaves(blob) and len(expected) == 3
 
 
 # --------------------------------------------------------------------------------------------- aggregates
@@ -268,7 +279,7 @@ def test_build_and_verify_honest_batch() -> None:
     header, blob = tm.build_batch(DEVICE, VIN, 3, NOON_MS, samples)
     assert blob == tm.encode_samples(samples)
     assert header.device == DEVICE.did and header.count == 7 and header.seq == 3
-    assert header.root == merkle.compute_root([merkle.leaf_hash(tm.encode_sample(s)) for s in samples]).hex()
+    assert header.root == merkle.compute_root([merkle.leaf_hash(blob)]).hex()     # 7 samples: one leaf
     assert msgspec.structs.asdict(header.aggregates) == reference_aggregates(samples, NOON_MS)
     tm.verify_batch(header)
     tm.verify_batch(header, blob)
@@ -416,12 +427,13 @@ def test_verify_batches_parallel() -> None:
 
 
 def test_sample_proofs_for_every_index() -> None:
-    samples = drive(7)  # odd size: a node is carried up without a sibling
+    samples = drive(71)  # 5 leaves, the last one short: a node is carried up without a sibling
     header, blob = tm.build_batch(DEVICE, VIN, 0, NOON_MS, samples)
-    proofs = tm.prove_samples(blob, range(7))
+    proofs = tm.prove_samples(blob, range(71))
     for i, proof in enumerate(proofs):
         assert proof == tm.prove_sample(blob, i)
-        assert set(proof) == {"index", "sample", "path"}
+        assert set(proof) == {"index", "leaf", "path"}
+        assert len(unb64(proof["leaf"])) == (16 if i < 64 else 7) * SAMPLE_SIZE
         assert tm.verify_sample(header, proof) == samples[i]
         assert tm.verify_sample(header, proof, check_signature=False) == samples[i]
 
@@ -434,17 +446,20 @@ def test_single_sample_batch_proof() -> None:
 
 
 def test_altered_sample_proofs_fail() -> None:
-    header, blob = tm.build_batch(DEVICE, VIN, 0, NOON_MS, drive(6))
+    header, blob = tm.build_batch(DEVICE, VIN, 0, NOON_MS, drive(40))
     proof = tm.prove_sample(blob, 2)
-    other_header, other_blob = tm.build_batch(DEVICE, VIN, 1, NOON_MS, drive(6, speed_cms=1))
+    other_header, other_blob = tm.build_batch(DEVICE, VIN, 1, NOON_MS, drive(40, speed_cms=1))
 
     def altered(**changes: Any) -> dict[str, Any]:
         return {**proof, **changes}
 
+    changed = tm.encode_samples(drive(40, speed_cms=7)[:16])
     with raises_code(VerificationError, "inclusion_failed"):
-        tm.verify_sample(header, altered(sample=b64(tm.encode_sample(drive(6, speed_cms=7)[2]))))
+        tm.verify_sample(header, altered(leaf=b64(changed)))
+    # a leaf proves each of its 16 samples; naming a sample of another leaf does not verify
+    assert tm.verify_sample(header, altered(index=3)) == drive(40)[3]
     with raises_code(VerificationError, "inclusion_failed"):
-        tm.verify_sample(header, altered(index=3))
+        tm.verify_sample(header, altered(index=16))
     with raises_code(VerificationError, "inclusion_failed"):
         tm.verify_sample(header, altered(path=[b64(bytes(32)), *proof["path"][1:]]))
     with raises_code(VerificationError, "inclusion_failed"):
@@ -452,7 +467,7 @@ def test_altered_sample_proofs_fail() -> None:
     with raises_code(VerificationError, "inclusion_failed"):
         tm.verify_sample(other_header, proof)
     with raises_code(InputError, "bad_proof"):
-        tm.verify_sample(header, altered(index=6))
+        tm.verify_sample(header, altered(index=40))
     with raises_code(InputError, "bad_proof"):
         tm.verify_sample(header, altered(index=True))
     with raises_code(InputError, "bad_proof"):
@@ -460,13 +475,13 @@ def test_altered_sample_proofs_fail() -> None:
     with raises_code(InputError, "bad_proof"):
         tm.verify_sample(header, altered(path="abc"))
     with raises_code(InputError, "bad_proof"):
-        tm.verify_sample(header, altered(sample=123))
+        tm.verify_sample(header, altered(leaf=123))
     with raises_code(InputError, "bad_encoding"):
-        tm.verify_sample(header, altered(sample=proof["sample"][:-4]))
+        tm.verify_sample(header, altered(leaf=proof["leaf"][:-4]))
     with raises_code(VerificationError, "bad_signature"):
         tm.verify_sample(msgspec.structs.replace(header, seq=9), proof)
     with raises_code(InputError, "bad_proof"):
-        tm.prove_sample(blob, 6)
+        tm.prove_sample(blob, 40)
     assert tm.verify_sample(other_header, tm.prove_sample(other_blob, 2)).speed_cms == 1
 
 
@@ -503,7 +518,7 @@ def test_honest_header_has_no_mismatch(honest: tuple[TelematicsHeader, bytes]) -
     ({"over_limit_s": +1}, "over_limit_s", None),
     ({"hard_braking": +1}, "hard_braking", None),
     ({"night_distance_m": +1}, "night_distance_m", None),
-    ({"night_distance_m": "zero"}, "night_distance_m", 2),
+    ({"night_distance_m": "zero"}, "night_distance_m", 1),
 ])
 def test_mismatch_proofs(honest: tuple[TelematicsHeader, bytes], lie: dict[str, Any], claim: str,
                          proofs: int | None) -> None:
@@ -528,26 +543,26 @@ def test_understated_counts_with_sample_proofs() -> None:
     samples = [sample(t, 10 * t, speed_cms=1000, limit_kmh=50) for t in range(128)]
     for t in (20, 70, 100):
         samples[t] = samples[t]._replace(speed_cms=2000)            # over 50 km/h
-    for t in (30, 31, 90):
+    for t in (30, 31, 32, 90):
         samples[t] = samples[t]._replace(accel_mms2=-5000)          # two episodes, the first sustained
     header, blob = tm.build_batch(DEVICE, VIN, 0, NOON_MS, samples)
     assert (header.aggregates.over_limit_s, header.aggregates.hard_braking) == (3, 2)
 
     over = tm.prove_mismatch(resign(header, over_limit_s=1), blob)
-    assert over is not None and [p["index"] for p in over["samples"]] == [20, 70]
+    assert over is not None and leaves_of(over) == [1, 4]       # one proof per 16-sample leaf
     assert tm.verify_mismatch(resign(header, over_limit_s=1), over) == "over_limit_s"
 
     braking = tm.prove_mismatch(resign(header, hard_braking=1), blob)
-    assert braking is not None and [p["index"] for p in braking["samples"]] == [29, 30, 89, 90]
+    assert braking is not None and leaves_of(braking) == [1, 5]
     assert tm.verify_mismatch(resign(header, hard_braking=1), braking) == "hard_braking"
     # The sustained episode's second sample does not count as a new start.
-    sustained = {"claim": "hard_braking", "samples": tm.prove_samples(blob, [29, 30, 31])}
+    sustained = {"claim": "hard_braking", "samples": tm.prove_samples(blob, [30])}     # leaf 1: samples 16-31
     with raises_code(VerificationError, "not_disproved"):
         tm.verify_mismatch(resign(header, hard_braking=1), sustained)
-    # A hard sample proven without its predecessor does not show an episode start.
+    # A hard sample proven without its predecessor (32 opens leaf 2; 31 is in leaf 1) shows no episode start.
     with raises_code(VerificationError, "not_disproved"):
         tm.verify_mismatch(resign(header, hard_braking=1),
-                           {"claim": "hard_braking", "samples": tm.prove_samples(blob, [30, 90])})
+                           {"claim": "hard_braking", "samples": tm.prove_samples(blob, [32, 90])})
 
 
 def test_night_distance_proof_picks_largest_steps() -> None:
@@ -559,7 +574,7 @@ def test_night_distance_proof_picks_largest_steps() -> None:
     header, blob = tm.build_batch(DEVICE, VIN, 0, EVENING_MS, samples)  # night from t=60
     liar = resign(header, night_distance_m=90)
     proof = tm.prove_mismatch(liar, blob)
-    assert proof is not None and [p["index"] for p in proof["samples"]] == [69, 70, 79, 80]
+    assert proof is not None and leaves_of(proof) == [4, 5]
     assert tm.verify_mismatch(liar, proof) == "night_distance_m"
 
 
@@ -575,7 +590,7 @@ def test_structure_mismatch_proofs() -> None:
     header = header_over(duplicate)
     proof = tm.prove_mismatch(header, duplicate)
     assert proof is not None and proof["claim"] == "samples_out_of_order"
-    assert [p["index"] for p in proof["samples"]] == [39, 40]
+    assert leaves_of(proof) == [2]          # samples 39 and 40 share a leaf
     assert tm.verify_mismatch(header, proof) == "samples_out_of_order"
 
     backwards = tm.encode_samples([sample(t, 100 - (t == 20)) for t in range(40)])
@@ -629,7 +644,9 @@ def test_mismatch_proof_errors(honest: tuple[TelematicsHeader, bytes]) -> None:
     with raises_code(VerificationError, "not_disproved"):
         tm.verify_mismatch(liar, {"claim": "distance_m", "samples": tm.prove_samples(blob, [0])})
     with raises_code(VerificationError, "inclusion_failed"):
-        tampered = {**proof["samples"][0], "sample": b64(tm.encode_sample(sample(0, speed_cms=9999)))}
+        leaf = bytearray(unb64(proof["samples"][0]["leaf"]))
+        leaf[4:6] = (9999).to_bytes(2, "big")           # the first sample's speed
+        tampered = {**proof["samples"][0], "leaf": b64(bytes(leaf))}
         tm.verify_mismatch(liar, {"claim": "max_speed_cms", "samples": [tampered]})
     for malformed in ({"claim": "speeding"}, {"claim": "max_speed_cms"}, {"claim": "max_speed_cms", "samples": []},
                       {"claim": "max_speed_cms", "samples": proof["samples"] * 2},

@@ -246,7 +246,7 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
     @app.get("/v1/telematics/{vin}/{seq}/samples/{index}", tags=["vehicle data"])
     def get_sample_proof(vin: str, seq: Annotated[int, Path(ge=0)], index: Annotated[int, Path(ge=0)],
                          authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        """One sample with its inclusion proof against the batch's committed root."""
+        """One sample with its proof against the batch's committed root (its 16-sample leaf and path)."""
         vin = canonical_vin(vin)
         require_telematics_reader(vin, authorization)
         header = batch_header(vin, seq)
@@ -256,8 +256,8 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         if index >= header["count"]:
             raise NotFound(f"the batch has {header['count']} samples", code="unknown_sample")
         proof = telematics.prove_sample(data, index)
-        return {"header": header, "proof": proof,
-                "sample": telematics.decode_sample(base64.b64decode(proof["sample"]))._asdict()}
+        raw = data[index * telematics.SAMPLE_SIZE:(index + 1) * telematics.SAMPLE_SIZE]
+        return {"header": header, "proof": proof, "sample": telematics.decode_sample(raw)._asdict()}
 
     # -- insurance -------------------------------------------------------------------------------
 

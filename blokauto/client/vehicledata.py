@@ -87,7 +87,7 @@ class VehicleDataClient:
 
         answer: dict[str, Any] = self._json("GET", f"/v1/telematics/{vin}/{seq}/samples/{index}")
         header = header_from_dict({k: v for k, v in answer["header"].items() if k != "tx"})
-        verify_sample(header, answer["proof"])
+        answer["sample"] = verify_sample(header, answer["proof"])._asdict()    # what the proof shows, not the node
         return answer
 
     def policy(self, vin: str) -> dict[str, Any]:
