@@ -5,8 +5,9 @@
    aggregates recomputed on the node's worker processes, samples stored off chain, the header
    committed in sequence) from two client processes; samples/s from the first request to the last
    committed receipt. Batches default to 4 hours of driving (14,400 samples): each request costs the
-   node ~2.5 ms besides its samples, so hour-long batches (3,600) reach ~400,000 samples/s here. Beside it, the same run's pure verification rate
-   (:func:`blokauto.vehicledata.telematics.bench_ingest`: one process and a 2-process pool).
+   node ~2.5 ms besides its samples, so hour-long batches (3,600) reach ~400,000 samples/s here.
+   Beside it, the same run's pure verification rate (:func:`blokauto.vehicledata.telematics.bench_ingest`:
+   one process and a 2-process pool).
 2. One sample's proof checked against its committed header (``verify_sample``), per call.
 3. A crash deposit from submission to its committed, checkpointed receipt (``wait=true``), one at a
    time, p50/p99: on a single node the receipt comes with the block's signed checkpoint.
