@@ -194,18 +194,19 @@ def synthetic_index(work: Path, vehicles: int, per_vehicle: int, hit: int, say: 
               "device_key": Signer.deterministic("bench/device").did, "registered_ms": 1_700_000_000_000}
     lots = max(1, vehicles // hit)
     t0 = time.perf_counter()
-    for start in range(0, vehicles, 50_000):
-        rows, states = [], []
-        for v in range(start, min(vehicles, start + 50_000)):
-            vin = fleet_vin(v)
-            for j in range(per_vehicle):
-                # part j of vehicle v comes from lot (v % lots) of part number j: each lot is on `hit` vehicles
-                rows.append((f"fitted/BENCH-PN-{j:02d}|L{v % lots}|{vin}|S{v:07d}-{j:02d}",
-                             f"nordwerk|{MODEL}|2024|{owner}"))
-            states.append((f"vehicle/{vin}", canonical.encode({**record, "vin": vin})))
+    vins = [fleet_vin(v) for v in range(vehicles)]
+    # rows go in in key order (B-tree appends): part number j, lot, then VIN, as the index sorts them
+    for j in range(per_vehicle):
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO ix (k, v) VALUES (?, ?)", rows)
-        conn.executemany("INSERT INTO state (k, v) VALUES (?, ?)", states)
+        for lot in sorted(range(lots), key=str):
+            rows = sorted((f"fitted/BENCH-PN-{j:02d}|L{lot}|{vins[v]}|S{v:07d}-{j:02d}",
+                           f"nordwerk|{MODEL}|2024|{owner}") for v in range(lot, vehicles, lots))
+            conn.executemany("INSERT INTO ix (k, v) VALUES (?, ?)", rows)
+        conn.execute("COMMIT")
+    for start in range(0, vehicles, 100_000):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO state (k, v) VALUES (?, ?)", sorted(
+            (f"vehicle/{vin}", canonical.encode({**record, "vin": vin})) for vin in vins[start:start + 100_000]))
         conn.execute("COMMIT")
     campaign = {"campaign": "FULL-R1", "title": "Brake pads", "remedy": "Replace", "hazard": "",
                 "parts": [{"part_number": "BENCH-PN-07", "lots": ["L3"]}], "vin_ranges": [], "models": [],

@@ -99,6 +99,9 @@ def test_brakes_failed_dispute(car: World, tmp_path: Path) -> None:
         owner.crash_record(signed.record_hash)
     assert caught.value.code == "record_hash_mismatch"
 
+    # the owner's history report lists the deposit
+    page = owner.vehicle_report(VIN, format="html")
+    assert "Crash-recorder deposits" in page and signed.record_hash[:16] in page
     # who reads: owner, carmaker, regulator; not a stranger or an unrelated workshop
     world.reader.crash(signed.record_hash)                       # the registry (regulator role)
     for key in (STRANGER, WORKSHOP):

@@ -31,6 +31,7 @@ def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, A
     services: list[dict[str, Any]] = []
     inspections: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
+    crashes: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for leaf, (event, tx_hash) in zip(report.events, report.chain, strict=True):
         payload = _payload(leaf)
@@ -64,6 +65,10 @@ def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, A
                              "parts": [str(p.get("part_number", "")) for p in payload.get("parts", [])
                                        if isinstance(p, dict)],
                              "org": org or ""})
+        elif kind == "crash_recorded":
+            crashes.append({"at_ms": at, "record_hash": str(event.get("record_hash", "")),
+                            "max_delta_v_dkmh": int(event.get("max_delta_v_dkmh", 0)),
+                            "airbags": bool(event.get("airbags")), "claim": event.get("claim")})
         elif kind in ("part_installed", "part_removed", "recall_remedied"):
             removed = event.get("removed", event.get("serials", []) if kind == "part_removed" else [])
             fitted = event.get("installed", event.get("serials", []) if kind == "part_installed" else [])
@@ -114,6 +119,9 @@ def build_view(report: VerifiedReport, now_ms: int | None = None) -> dict[str, A
         "services": services,
         "inspections": inspections,
         "parts": parts,
+        "crashes": crashes,
+        "software": [{"ecu": ecu, **{k: sw.get(k) for k in ("hardware_id", "version", "name", "at_ms")}}
+                     for ecu, sw in sorted((record.get("software") or {}).items())],
         "recalls": [],
         "events": events,
         "evidence": evidence,
