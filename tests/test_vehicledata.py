@@ -4,6 +4,7 @@ with consent, a usage-based premium computed by the contract, automatic and manu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,39 @@ def test_lying_batch_is_disproved_by_samples(car: World) -> None:
     world.rejected(OWNER1, "consent.grant", {"vin": VIN, "org": "nobody-here", "scopes": ["crash"]}, "unknown_org")
     world.rejected(DEALER, "consent.grant", {"vin": VIN, "org": "werkstatt-berg", "scopes": ["crash"]}, "not_owner")
     assert REGISTRY  # the registry reads claims too (covered by the crash test's regulator read)
+
+
+def test_a_gateway_posts_several_batches_at_once(car: World) -> None:
+    world = car
+    start = world.clock.now_ms() - DAY
+    blobs = [drive(120, odometer_m=1_000 + 2_000 * i) for i in range(3)]
+    headers = [tm.seal_batch(DEVICE, VIN, i, start + i * 200_000, blob) for i, blob in enumerate(blobs)]
+    device = world.client(DEVICE)
+    nonce = device.next_nonce()
+
+    def item(i: int, header: Any, blob: bytes) -> dict[str, Any]:
+        raw = device.build("telematics.batch", {"header": tm.header_to_dict(header)}, nonce=nonce + i)
+        return {"tx": json.loads(raw), "samples": _b64(blob)}
+
+    # one lying header refuses the whole request, naming it; nothing is committed
+    lie = msgspec.structs.replace(headers[2], aggregates=msgspec.structs.replace(headers[2].aggregates,
+                                                                                  hard_braking=5))
+    unsigned = msgspec.structs.replace(lie, signature="")
+    lie = msgspec.structs.replace(unsigned, signature=_b64(DEVICE.sign(tm.DOMAIN_TELEMATICS,
+                                                                       tm.header_bytes(unsigned))))
+    before = world.env.status()["log_size"]
+    refused = world.env.tc.post("/v1/telematics", json={"batches": [item(0, headers[0], blobs[0]),
+                                                                    item(1, headers[1], blobs[1]),
+                                                                    item(2, lie, blobs[2])]})
+    problem = refused.json()
+    assert refused.status_code == 422 and problem["code"] == "aggregates_mismatch"
+    assert problem["detail"].startswith("batches[2]: ") and problem["mismatch_proof"]["claim"] == "hard_braking"
+    assert world.env.status()["log_size"] == before
+    ok = world.env.tc.post("/v1/telematics", json={"batches": [item(i, h, b) for i, (h, b) in
+                                                               enumerate(zip(headers, blobs, strict=True))]})
+    assert ok.status_code == 200 and [r["status"] for r in ok.json()["receipts"]] == ["ok"] * 3
+    owner = world.client(OWNER1)
+    owner.login()
+    assert owner.telematics(VIN)["chain"]["seq"] == 2 and owner.samples(VIN, 1) == blobs[1]
+    bad = world.env.tc.post("/v1/telematics", json={"batches": []})
+    assert bad.status_code == 400 and bad.json()["code"] == "bad_ingest"

@@ -30,6 +30,7 @@ from blokauto.contracts.vehicledata import has_consent
 from blokauto.crypto import canonical
 from blokauto.errors import InputError, NotFound, Unauthorized, VerificationError
 from blokauto.ledger import proofs
+from blokauto.ledger.tx import SignedTx
 from blokauto.node import Node
 from blokauto.offchain.store import BlobStore
 from blokauto.vehicledata import crash as edr
@@ -40,6 +41,8 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_RECORD_BYTES = 256 * 1024
 MAX_SAMPLES_BYTES = telematics.MAX_SAMPLES * telematics.SAMPLE_SIZE
 MAX_INGEST_BYTES = MAX_SAMPLES_BYTES * 4 // 3 + 64 * 1024     # base64 samples + the transaction
+MAX_INGEST_ITEMS = 64
+MAX_INGEST_BODY = 16 * 1024 * 1024     # 64 hour-long batches, or 5 day-long ones
 CRASH_ROLES = frozenset({"regulator", "registry"})
 
 
@@ -173,39 +176,58 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         stored = await run_in_threadpool(blobs.put, "telematics", header["root"], data)
         return {"vin": vin, "seq": seq, "root": header["root"], "stored": stored}
 
+    def parse_item(item: Any, where: str) -> tuple[bytes, bytes]:
+        try:
+            return canonical.encode(item["tx"]), base64.b64decode(item["samples"], validate=True)
+        except (KeyError, TypeError, ValueError, InputError) as exc:
+            raise InputError(f'{where}is {{"tx": <transaction>, "samples": <base64>}}: {exc}',
+                             code="bad_ingest") from None
+
+    def check_tx(tx_bytes: bytes, where: str) -> SignedTx:
+        tx = node.check(tx_bytes)
+        if tx.type != "telematics.batch":
+            raise InputError(f"{where}this endpoint takes telematics.batch transactions", code="bad_ingest")
+        return tx
+
     @app.post("/v1/telematics", tags=["vehicle data"])
     async def ingest(request: Request, wait: bool = True) -> Response:
-        """A vehicle's batch in one request: ``{"tx": <the signed telematics.batch transaction>,
-        "samples": <base64 of the samples>}``. The samples are checked against the header (root,
-        aggregates) on a worker process and stored before the transaction is ordered, so a batch whose
-        header lies is refused at the door (422, with the mismatch proof) and never committed."""
+        """Batches with their samples: ``{"tx": <the signed telematics.batch transaction>, "samples":
+        <base64 of the samples>}``, or ``{"batches": [...]}`` of up to 64 (a fleet gateway sending many
+        vehicles' batches at once). The samples are checked against their headers (root, aggregates)
+        on the worker processes and stored before the transactions are ordered, so a batch whose header
+        lies is refused at the door (422 naming the batch, with the mismatch proof) and nothing of the
+        request is committed. The answer is the receipt, or ``{"receipts": [...]}`` in order."""
         from blokauto.api.app import COMMIT_WAIT_S
 
-        raw = await body(request, MAX_INGEST_BYTES)
+        raw = await body(request, MAX_INGEST_BODY)
         try:
             doc = msgspec.json.decode(raw)
-            tx_bytes = canonical.encode(doc["tx"])
-            samples = base64.b64decode(doc["samples"], validate=True)
-        except (msgspec.DecodeError, KeyError, TypeError, ValueError, InputError) as exc:
-            raise InputError(f'the body is {{"tx": <transaction>, "samples": <base64>}}: {exc}',
-                             code="bad_ingest") from None
-        tx = await run_in_threadpool(node.check, tx_bytes)
-        if tx.type != "telematics.batch":
-            raise InputError("this endpoint takes telematics.batch transactions", code="bad_ingest")
-        header = tx.payload["header"]
-        refusal = await run_in_threadpool(node.run_in_worker, check_samples, header, samples)
-        if refusal is not None:
-            code, message, extra = refusal
-            raise VerificationError(message, code=code, extra=extra)
-        await run_in_threadpool(blobs.put, "telematics", header["root"], samples)
-        future = node.enqueue(tx)
+        except msgspec.DecodeError as exc:
+            raise InputError(f"the body is not JSON: {exc}", code="bad_ingest") from None
+        many = isinstance(doc, dict) and set(doc) == {"batches"}
+        items = doc["batches"] if many else [doc]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_INGEST_ITEMS:
+            raise InputError(f"batches is a list of 1..{MAX_INGEST_ITEMS} items", code="bad_ingest")
+        prefix = (lambda i: f"batches[{i}]: ") if many else (lambda i: "")
+        parsed = [parse_item(item, prefix(i)) for i, item in enumerate(items)]
+        txs = [await run_in_threadpool(check_tx, tx_bytes, prefix(i)) for i, (tx_bytes, _) in enumerate(parsed)]
+        jobs = [(tx.payload["header"], samples) for tx, (_, samples) in zip(txs, parsed, strict=True)]
+        refusals = await run_in_threadpool(node.run_in_worker, check_samples_many, jobs)
+        for i, refusal in enumerate(refusals):
+            if refusal is not None:
+                code, message, extra = refusal
+                raise VerificationError(prefix(i) + message, code=code, extra=extra)
+        for header, samples in jobs:
+            await run_in_threadpool(blobs.put, "telematics", header["root"], samples)
+        futures = [node.enqueue(tx) for tx in txs]
+        pending = [{"tx": tx.hash_hex, "status": "pending"} for tx in txs]
         if not wait:
-            return JSONResponse({"tx": tx.hash_hex, "status": "pending"}, status_code=202)
+            return JSONResponse({"receipts": pending} if many else pending[0], status_code=202)
         try:
-            receipt = await asyncio.wait_for(asyncio.wrap_future(future), COMMIT_WAIT_S)
+            receipts = [await asyncio.wait_for(asyncio.wrap_future(f), COMMIT_WAIT_S) for f in futures]
         except TimeoutError:
-            return JSONResponse({"tx": tx.hash_hex, "status": "pending"}, status_code=202)
-        return JSONResponse(receipt)
+            return JSONResponse({"receipts": pending} if many else pending[0], status_code=202)
+        return JSONResponse({"receipts": receipts} if many else receipts[0])
 
     @app.get("/v1/telematics/{vin}", tags=["vehicle data"])
     def get_telematics(vin: str, after: Annotated[int, Query(ge=-1)] = -1,
@@ -316,6 +338,11 @@ def check_samples(header: dict[str, Any], data: bytes) -> tuple[str, str, dict[s
             extra["mismatch_proof"] = telematics.prove_mismatch(parsed, data)
         return exc.code, exc.message, extra
     return None
+
+
+def check_samples_many(jobs: list[tuple[dict[str, Any], bytes]]) -> list[tuple[str, str, dict[str, Any]] | None]:
+    """:func:`check_samples` for several batches in one trip to a worker process."""
+    return [check_samples(header, data) for header, data in jobs]
 
 
 class _Reader:
