@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from blokauto.api.vehicledata import check_samples
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import Signer, b64
 from blokauto.demo import demo_member
 from blokauto.errors import BlokError
 from blokauto.ledger.tx import sign_tx
 from blokauto.node import Node
-from blokauto.offchain.store import BlobStore
+from blokauto.offchain.checks import check_samples
 from blokauto.software.releases import Release, build_release_metadata, sign_release
 from blokauto.software.tuf_export import sign_trust_metadata
 from blokauto.vehicledata import crash as edr
@@ -123,7 +122,6 @@ def seed_vehicledata(node: Node, now_ms: int | None = None) -> VehicleDataSummar
     send = _Sender(node)
     summary = VehicleDataSummary()
     maker, insurer = demo_member("nordwerk"), demo_member("alpina-insurance")
-    blobs = BlobStore(node.data_dir / "offchain")
     fleet = [r for r in _fleet(node) if r["status"] == "active" and r["owner"]]
 
     # -- software ------------------------------------------------------------------------------------
@@ -174,7 +172,7 @@ def seed_vehicledata(node: Node, now_ms: int | None = None) -> VehicleDataSummar
         header = tm.seal_batch(device, vin, day, start + day * DAY_MS + evening * HOUR_MS, blob)
         refusal = check_samples(tm.header_to_dict(header), blob)
         assert refusal is None, refusal
-        blobs.put("telematics", header.root, blob)
+        node.store_offchain("telematics", header.root, blob)
         raws.append(send.raw(device, "telematics.batch", {"header": tm.header_to_dict(header)}))
         odometer = end
     send.run(raws)
@@ -184,7 +182,7 @@ def seed_vehicledata(node: Node, now_ms: int | None = None) -> VehicleDataSummar
     signed = edr.sign_record(device, record)
     receipt = send.one(device, "crash.deposit", {"vin": vin, "record_hash": signed.record_hash,
                                                  "signature": b64(signed.signature), "summary": signed.summary})
-    blobs.put("crash", signed.record_hash, signed.record)
+    node.store_offchain("crash", signed.record_hash, signed.record)
     claim = next((e["claim"] for e in receipt["events"] if e["type"] == "claim.opened"), "")
     summary.notable.update(insured_car=vin, crash_record=signed.record_hash, claim=claim)
     summary.transactions = send.count

@@ -35,6 +35,7 @@ from blokauto.ledger.chain import BlockResult, CheckpointSigner, Ledger, parse_b
 from blokauto.ledger.state import nonce_key
 from blokauto.ledger.store import Store
 from blokauto.ledger.tx import MAX_TX_BYTES, SignedTx, decode_batch, encode_batch, parse_tx, verify_tx_signatures
+from blokauto.offchain.store import BlobStore
 from blokauto.ordering.base import Batch
 from blokauto.ordering.solo import SoloOrderer
 
@@ -166,6 +167,8 @@ class Node:
         self.ledger.prechecked = True   # every path into the committer runs check_stateless/check_message
         self.chain = self.ledger.chain
         self.cosigner: Any = None
+        self.replicator: Any = None
+        self.blobs = BlobStore(self.data_dir / "offchain")
         self.orderer: Any = SoloOrderer()
         if self.config.network is not None:
             self._start_network(self.config.network)
@@ -201,10 +204,50 @@ class Node:
             block = self.store.get_block(height)
             if block is not None:
                 self.cosigner.publish(height, block[3])
+        from blokauto.network.blobs import BlobReplicator
+
+        self.replicator = BlobReplicator(net.servers, self.chain, self.org_id, self.data_dir, self._accept_offchain,
+                                         replicas=net.replicas, connect_options=options).start()
         self.orderer = JetStreamOrderer(
             net.servers, self.chain, self.org_id, start_after=position, start_time_ms=self.ledger.head.time_ms,
             max_block_txs=net.max_block_txs, cut_interval_s=net.cut_interval_ms / 1000, replicas=net.replicas,
             connect_options=options).start()
+
+    # -- off-chain data --------------------------------------------------------------------------
+
+    def store_offchain(self, kind: str, name: str, data: bytes) -> bool:
+        """Keep an item the caller checked against its commitment, and share it with the other
+        members' nodes (which check it against their own ledgers). False if it was already here."""
+        stored = self.blobs.put(kind, name, data)
+        if stored and self.replicator is not None:
+            self.replicator.publish(kind, name, data)
+        return stored
+
+    def _accept_offchain(self, kind: str, name: str, data: bytes) -> str:
+        """An item another node shared: stored only if it matches this ledger's commitment ("wait"
+        while that commitment has not been committed here yet)."""
+        from blokauto.offchain.checks import check_crash_record, check_samples
+
+        if self.blobs.get(kind, name) is not None:
+            return ""
+        if kind == "crash":
+            deposit = self.read_state(f"crash/{name}")
+            if deposit is None:
+                return "wait"
+            refusal = check_crash_record(deposit, data)
+        elif kind == "telematics":
+            where = self.store.get_index_many("troot", [name]).get(name)
+            if where is None:
+                return "wait"
+            vin, _, seq = where.rpartition("|")
+            header = self.read_state(f"tbatch/{vin}/{seq}")
+            refusal = "no header" if header is None else check_samples(header, data)
+        else:
+            return f"unknown kind {kind[:20]!r}"
+        if refusal is not None:
+            return refusal if isinstance(refusal, str) else refusal[0]
+        self.blobs.put(kind, name, data)
+        return ""
 
     def final_checkpoint(self, note: str, timeout_s: float | None = None) -> tuple[str, bool]:
         """The quorum-signed version of one of our checkpoint notes (same text), waiting briefly for
@@ -257,7 +300,8 @@ class Node:
             final = {"height": latest[0], "signers": self.cosigner.signers(latest[0])}
         return {"mode": "network", "org": self.org_id, "height": head.height, "final": final,
                 "stream_seq": int(self.store.get_meta("stream_seq") or b"0"),
-                "conflicts": self.cosigner.conflicts(), "quorum": self.checkpoint_quorum()}
+                "conflicts": self.cosigner.conflicts(), "quorum": self.checkpoint_quorum(),
+                "offchain": None if self.replicator is None else self.replicator.status()}
 
     def start(self) -> Node:
         if self._committer is None:
@@ -271,6 +315,8 @@ class Node:
         if self._committer is not None:
             self._committer.join(timeout=30)
             self._committer = None
+        if self.replicator is not None:
+            self.replicator.close()
         if self.cosigner is not None:
             self.cosigner.close()
         if self._procs is not None:

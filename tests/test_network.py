@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 
@@ -149,6 +150,67 @@ def test_a_forged_message_in_the_stream_is_dropped_by_every_node(network: dict[s
     with pytest.raises(BlokError) as absent:
         reader.tx(hashlib.sha256(b"x").hexdigest())
     assert absent.value.code == "unknown_tx"
+
+
+def test_crash_records_are_held_by_every_member_and_forgeries_dropped(network: dict[str, Any]) -> None:
+    from blokauto.crypto.keys import Signer
+    from blokauto.vehicledata import crash as edr
+    from blokauto.vin import with_check_digit
+
+    vin, device = with_check_digit("1HGCV1F30RC777001"), Signer.deterministic("tests/network/device")
+    maker = Client(network["urls"]["nordwerk"], demo_admin("nordwerk"))
+    assert maker.submit("vehicle.register", {"vin": vin, "model": "Kestrel 3", "year": 2024, "powertrain": "ice",
+                                             "device_key": device.did})["status"] == "ok"
+    converge(network)
+    record = edr.sample_record(vin, device, int(time.time() * 1000), braking=True, impact_kmh=35, seed=5)
+    signed = edr.sign_record(device, record)
+    # the car deposits and uploads through one member's node ...
+    assert Client(network["urls"]["kestrel-parts"], device).deposit_crash(signed)["status"] == "ok"
+    # ... and the carmaker reads it from another member's node, checked against that node's ledger
+    reader = Client(network["urls"]["autohaus-lenz"], demo_admin("nordwerk"))
+    reader.login()
+    deadline = time.time() + 30
+    while True:
+        try:
+            got = reader.crash_record(signed.record_hash)
+            break
+        except BlokError as exc:
+            if exc.code not in ("record_not_stored", "unknown_crash") or time.time() > deadline:
+                raise
+            time.sleep(0.2)
+    assert edr.encode_record(got) == signed.record
+    # a second crash is deposited without its record; an altered copy published straight into the
+    # stream under its hash is checked by every node against its own ledger and dropped
+    chain = network["state"]["chain"]
+    other = edr.sign_record(device, edr.sample_record(vin, device, int(time.time() * 1000) + 1_000, braking=True,
+                                                      impact_kmh=20, seed=6))
+    second = Client(network["urls"]["kestrel-parts"], device).deposit_crash(other, upload=False)
+    assert second["status"] == "ok", (second.get("code"), second.get("message"))
+    converge(network)
+    forged = edr.encode_record(msgspec.structs.replace(edr.decode_record(other.record), service_brake=[False] * 11))
+    refused_before = {org: Client(url)._json("GET", "/v1/network")["offchain"]["refused"]
+                      for org, url in network["urls"].items()}
+
+    async def publish() -> None:
+        nc = await nats.connect(network["state"]["nats"][0]["url"])
+        js = nc.jetstream()
+        await js.publish(f"blokauto.{stream_id(chain)}.blob", forged, headers={
+            "Nats-Msg-Id": f"forged:{other.record_hash}", "Blokauto-Kind": "crash",
+            "Blokauto-Name": other.record_hash})
+        await nc.close()
+
+    asyncio.run(publish())
+    deadline = time.time() + 15
+    for org, url in network["urls"].items():
+        while Client(url)._json("GET", "/v1/network")["offchain"]["refused"] <= refused_before[org]:
+            assert time.time() < deadline, f"{org} did not refuse the forged record"
+            time.sleep(0.2)
+        with Client(url, demo_admin("nordwerk")) as c:
+            c.login()
+            with pytest.raises(BlokError) as absent:
+                c.crash_record(other.record_hash)
+            assert absent.value.code == "record_not_stored"
+            assert edr.encode_record(c.crash_record(signed.record_hash)) == signed.record
 
 
 def test_a_tampered_node_is_detected_and_named(network: dict[str, Any]) -> None:

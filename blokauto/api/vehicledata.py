@@ -32,8 +32,7 @@ from blokauto.errors import InputError, NotFound, Unauthorized, VerificationErro
 from blokauto.ledger import proofs
 from blokauto.ledger.tx import SignedTx
 from blokauto.node import Node
-from blokauto.offchain.store import BlobStore
-from blokauto.vehicledata import crash as edr
+from blokauto.offchain.checks import check_crash_record, check_samples, check_samples_many
 from blokauto.vehicledata import telematics
 from blokauto.vin import canonical_vin
 
@@ -48,8 +47,7 @@ CRASH_ROLES = frozenset({"regulator", "registry"})
 
 def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
                             member_of: Callable[[str | None], dict[str, Any]]) -> None:
-    blobs = BlobStore(node.data_dir / "offchain")
-    app.state.blobs = blobs
+    blobs = node.blobs
 
     def reader(authorization: str | None) -> tuple[str, dict[str, Any] | None]:
         did = tokens.did_of(authorization)
@@ -111,12 +109,10 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         and the ledger's summary derives from it (anyone may upload: the record proves itself)."""
         crash = crash_of(record_hash)
         data = await body(request, MAX_RECORD_BYTES)
-        try:
-            edr.verify_deposit(data, crash["signature"], crash["device"], record_hash, crash["summary"],
-                               brake_window_ms=crash["summary"]["brake_window_ms"])
-        except VerificationError as exc:
-            raise VerificationError(exc.message, code=exc.code) from None
-        stored = await run_in_threadpool(blobs.put, "crash", record_hash, data)
+        refusal = check_crash_record(crash, data)
+        if refusal is not None:
+            raise VerificationError(refusal[1], code=refusal[0])
+        stored = await run_in_threadpool(node.store_offchain, "crash", record_hash, data)
         return {"record_hash": record_hash, "stored": stored}
 
     @app.get("/v1/crash/{record_hash}", tags=["vehicle data"])
@@ -173,7 +169,7 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         if refusal is not None:
             code, message, extra = refusal
             raise VerificationError(message, code=code, extra=extra)
-        stored = await run_in_threadpool(blobs.put, "telematics", header["root"], data)
+        stored = await run_in_threadpool(node.store_offchain, "telematics", header["root"], data)
         return {"vin": vin, "seq": seq, "root": header["root"], "stored": stored}
 
     def parse_item(item: Any, where: str) -> tuple[bytes, bytes]:
@@ -218,7 +214,7 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
                 code, message, extra = refusal
                 raise VerificationError(prefix(i) + message, code=code, extra=extra)
         for header, samples in jobs:
-            await run_in_threadpool(blobs.put, "telematics", header["root"], samples)
+            await run_in_threadpool(node.store_offchain, "telematics", header["root"], samples)
         futures = [node.enqueue(tx) for tx in txs]
         pending = [{"tx": tx.hash_hex, "status": "pending"} for tx in txs]
         if not wait:
@@ -324,25 +320,6 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         if did != vehicle(found["vin"]).get("owner") and not insurer_or_authority:
             raise deny("a claim")
         return {"claim": found}
-
-
-def check_samples(header: dict[str, Any], data: bytes) -> tuple[str, str, dict[str, Any]] | None:
-    """Do the samples hash to the committed root and give the committed aggregates? Runs in a worker
-    process, so it returns the refusal (code, message, problem extension) instead of raising it."""
-    parsed = telematics.header_from_dict({k: v for k, v in header.items() if k != "tx"})
-    try:
-        telematics.verify_batch(parsed, data)
-    except (VerificationError, InputError) as exc:
-        extra: dict[str, Any] = {}
-        if exc.code not in ("root_mismatch", "count_mismatch", "bad_length"):   # the device's own lie: prove it
-            extra["mismatch_proof"] = telematics.prove_mismatch(parsed, data)
-        return exc.code, exc.message, extra
-    return None
-
-
-def check_samples_many(jobs: list[tuple[dict[str, Any], bytes]]) -> list[tuple[str, str, dict[str, Any]] | None]:
-    """:func:`check_samples` for several batches in one trip to a worker process."""
-    return [check_samples(header, data) for header, data in jobs]
 
 
 class _Reader:

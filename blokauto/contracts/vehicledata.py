@@ -272,6 +272,7 @@ def telematics_batch(ctx: Context, p: TelematicsBatch) -> None:
     ctx.put(f"tbatch/{header.vin}/{header.seq}", {**p.header, "tx": ctx.tx_hash})
     ctx.index_put("tbatch", f"{header.vin}|{header.seq:012d}",
                   f"{header.root}|{header.start_ms}|{header.count}|{ctx.tx_hash}")
+    ctx.index_put("troot", header.root, f"{header.vin}|{header.seq}")   # samples arriving from other nodes
     policy = ctx.get(f"policy/{header.vin}")
     period = None if policy is None or policy["status"] != "active" else period_of(policy, header.start_ms)
     if policy is not None and period is not None and str(period) not in policy["closed"]:

@@ -240,6 +240,7 @@ def nats_config_text(name: str, port: int, store_dir: Path, cluster_port: int | 
         f"server_name: {name}",
         f"listen: 127.0.0.1:{port}",
         f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}",
+        "max_payload: 4MB",      # off-chain items (telematics hours, crash records) are shared as messages
     ]
     if cluster_port is not None:
         lines += [
