@@ -6,16 +6,11 @@ a TUF repository exported from what the ledger holds that an unmodified ``tuf.ng
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +40,7 @@ from blokauto.software.releases import (
 )
 from blokauto.software.tuf_export import build_root, build_targets, sign_metadata, sign_trust_metadata
 from tests.conftest import Env
+from tests.static_server import serve_directory
 from tests.worlds import BMW_VIN, DEVICE, MAKER, STRANGER, WORKSHOP, World, registration
 
 ORG = "nordwerk"
@@ -84,23 +80,7 @@ def _trust(**overrides: Any) -> tuple[bytes, bytes]:
 ROOT_1, TARGETS_1 = _trust()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
-        pass
-
-
-@contextlib.contextmanager
-def _serve(directory: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+_serve = serve_directory
 
 
 def _fetch(repo: Path, client_dir: Path, path: str) -> bytes | None:

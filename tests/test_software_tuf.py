@@ -7,12 +7,8 @@ downloads the image, the bytes the release keys signed on the ledger are what TU
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +49,7 @@ from blokauto.software.tuf_export import (
     sign_trust_metadata,
     verify_targets,
 )
+from tests.static_server import serve_directory
 
 HW = "brake-ecu-v2"
 OTHER_HW = "engine-ecu-v1"
@@ -119,23 +116,7 @@ def _export(published: Published, out: Path, *, catalogue: bytes | None = None, 
         online_signer=online, version=version, snapshot_expires=FUTURE, timestamp_expires=FUTURE)
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
-        pass
-
-
-@contextlib.contextmanager
-def _serve(directory: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+_serve = serve_directory
 
 
 def _updater(repo: Path, base_url: str, client: Path) -> Updater:

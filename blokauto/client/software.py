@@ -8,7 +8,6 @@ cannot make the SDK publish or export what the carmaker's keys did not sign.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,30 +48,21 @@ def describe_image(hardware_id: str, image: ImageSource, version: int, *, name: 
                    min_previous: int = 0) -> Release:
     """The :class:`Release` of an image file or bytes (sha256 and length computed here)."""
     from blokauto.software.releases import Release
+    from blokauto.software.tuf_export import image_digest
 
-    digest, length = hashlib.sha256(), 0
-    if isinstance(image, bytes):
-        digest.update(image)
-        length = len(image)
-    else:
-        with open(image, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-                length += len(chunk)
+    sha256, length = image_digest(image)
     if name is None:
         if isinstance(image, bytes):
             raise InputError("an image given as bytes needs a name", code="bad_release")
         name = Path(image).name
-    return Release(hardware_id, version, digest.hexdigest(), length, name, min_previous)
+    return Release(hardware_id, version, sha256, length, name, min_previous)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Streamed: images can be larger than memory should hold."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from blokauto.software.tuf_export import image_digest
+
+    return image_digest(Path(path))[0]
 
 
 def find_images(directory: str | os.PathLike[str], releases: Sequence[Release]) -> dict[str, Path]:

@@ -23,7 +23,17 @@ from blokauto.crypto.note import Checkpoint, sign_checkpoint
 from blokauto.errors import BlokError, InputError, Rejected, StorageError
 from blokauto.ledger.log import LogAppender
 from blokauto.ledger.smt import SparseMerkleTree
-from blokauto.ledger.state import ADMIN, ANYONE, MEMBER, Context, TxType, key_record, nonce_key
+from blokauto.ledger.state import (
+    ADMIN,
+    ANYONE,
+    MEMBER,
+    Context,
+    TxType,
+    key_record,
+    nonce_key,
+    overlay_get_many,
+    overlay_scan,
+)
 from blokauto.ledger.store import LOG_MIN_LEVEL, BlockWrite, Store
 from blokauto.ledger.tx import SignedTx
 
@@ -153,31 +163,12 @@ class _BlockState:
     def index_get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]:
         """The consensus index as of this point in the block (earlier transactions' writes first)."""
         store = self.ledger.store
-        pending = self.index_pending.get(space)
-        if not pending:
-            return store.get_index_many(space, keys, store.writer)
-        found: dict[str, str] = {}
-        missing: list[str] = []
-        for key in keys:
-            hit = pending.get(key, _MISS)
-            if hit is _MISS:
-                missing.append(key)
-            elif hit is not None:
-                found[key] = hit
-        if missing:
-            found.update(store.get_index_many(space, missing, store.writer))
-        return found
+        return overlay_get_many(self.index_pending.get(space), keys,
+                                lambda missing: store.get_index_many(space, missing, store.writer))
 
     def index_scan(self, space: str, prefix: str) -> list[tuple[str, str]]:
         store = self.ledger.store
-        merged = dict(store.scan_index(space, prefix, store.writer))
-        for key, value in self.index_pending.get(space, {}).items():
-            if key.startswith(prefix):
-                if value is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = value
-        return sorted(merged.items())
+        return overlay_scan(self.index_pending.get(space), prefix, store.scan_index(space, prefix, store.writer))
 
     def _encoded(self, key: str) -> bytes | None:
         pending = self.pending

@@ -102,20 +102,8 @@ class Context:
 
     def index_get_many(self, space: str, keys: Sequence[str]) -> dict[str, str]:
         """Values for the keys present (this transaction's writes first, then the block's)."""
-        writes = self.index_writes.get(space)
-        if not writes:
-            return self.reader.index_get_many(space, keys)  # type: ignore[attr-defined,no-any-return]
-        found: dict[str, str] = {}
-        missing: list[str] = []
-        for key in keys:
-            hit = writes.get(key, _ABSENT)
-            if hit is _ABSENT:
-                missing.append(key)
-            elif hit is not None:
-                found[key] = hit
-        if missing:
-            found.update(self.reader.index_get_many(space, missing))  # type: ignore[attr-defined]
-        return found
+        return overlay_get_many(self.index_writes.get(space), keys,
+                                lambda missing: self.reader.index_get_many(space, missing))  # type: ignore[attr-defined]
 
     def index_get(self, space: str, key: str) -> str | None:
         return self.index_get_many(space, (key,)).get(key)
@@ -123,14 +111,8 @@ class Context:
     def index_scan(self, space: str, prefix: str) -> list[tuple[str, str]]:
         """Entries of ``space`` whose key starts with ``prefix``, in key order (small ranges only:
         a vehicle's fitted parts, never a whole space)."""
-        merged = dict(self.reader.index_scan(space, prefix))  # type: ignore[attr-defined]
-        for key, value in self.index_writes.get(space, {}).items():
-            if key.startswith(prefix):
-                if value is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = value
-        return sorted(merged.items())
+        return overlay_scan(self.index_writes.get(space), prefix,
+                            self.reader.index_scan(space, prefix))  # type: ignore[attr-defined]
 
     def index_put(self, space: str, key: str, value: str) -> None:
         self.index_writes.setdefault(space, {})[key] = value
@@ -156,6 +138,37 @@ class Context:
 
     def all_signers(self) -> Iterable[str]:
         return (self.signer, *self.cosigners)
+
+
+def overlay_get_many(writes: dict[str, str | None] | None, keys: Sequence[str],
+                     fetch: Callable[[list[str]], dict[str, str]]) -> dict[str, str]:
+    """Index values as seen through uncommitted ``writes`` (None: deleted) over ``fetch``'s rows."""
+    if not writes:
+        return fetch(list(keys))
+    found: dict[str, str] = {}
+    missing: list[str] = []
+    for key in keys:
+        hit = writes.get(key, _ABSENT)
+        if hit is _ABSENT:
+            missing.append(key)
+        elif hit is not None:
+            found[key] = hit
+    if missing:
+        found.update(fetch(missing))
+    return found
+
+
+def overlay_scan(writes: dict[str, str | None] | None, prefix: str,
+                 rows: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A prefix range of index rows with uncommitted ``writes`` applied, in key order."""
+    merged = dict(rows)
+    for key, value in (writes or {}).items():
+        if key.startswith(prefix):
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+    return sorted(merged.items())
 
 
 def key_record(did: str) -> str:

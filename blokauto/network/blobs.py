@@ -32,6 +32,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageT
 
 from blokauto.errors import StorageError
 from blokauto.network.cosign import stream_id
+from blokauto.ordering.streams import ensure_stream
 
 log = logging.getLogger("blokauto.network.blobs")
 
@@ -130,22 +131,7 @@ class BlobReplicator:
                               num_replicas=self.replicas, retention=RetentionPolicy.LIMITS, max_age=0,
                               max_msgs=-1, max_bytes=-1, max_msg_size=MAX_ITEM_BYTES + 4096,
                               duplicate_window=120.0, description=f"blokauto off-chain items of {self.chain}"[:200])
-        deadline = time.monotonic() + START_TIMEOUT_S - 2
-        while True:
-            try:
-                try:
-                    await self._js.stream_info(self.stream)
-                except nats.js.errors.NotFoundError:
-                    try:
-                        await self._js.add_stream(config)
-                    except nats.js.errors.BadRequestError:
-                        await self._js.stream_info(self.stream)
-                break
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError,
-                    nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.25)
+        await ensure_stream(self._js, config, START_TIMEOUT_S - 2)
         start = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._seq + 1) \
             if self._seq else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         await self._js.subscribe(self.subject, cb=self._on_message, ordered_consumer=True, config=start,

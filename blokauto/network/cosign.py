@@ -45,6 +45,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageT
 from blokauto.crypto.note import Checkpoint, NoteSignature, format_note, known_keys, parse_note, verify_note
 from blokauto.errors import BlokError, InputError, StorageError, VerificationError
 from blokauto.ledger.chain import parse_block_extension
+from blokauto.ordering.streams import ensure_stream
 
 __all__ = ["Cosigner", "sigs_stream_name", "sigs_subject", "stream_id"]
 
@@ -409,24 +410,7 @@ class Cosigner:
             max_age=0, max_msgs=-1, max_bytes=-1, duplicate_window=DUPLICATE_WINDOW_S,
             description=f"blokauto checkpoint signatures of {self.chain}"[:200],
         )
-        # a cluster still electing its JetStream leader (servers just started, a loaded machine) answers
-        # with timeouts or "unavailable" for a while: retry like the orderer does, until the deadline
-        deadline = time.monotonic() + START_TIMEOUT_S - 2
-        while True:
-            try:
-                try:
-                    info = await self._js.stream_info(self.stream)
-                except nats.js.errors.NotFoundError:
-                    try:
-                        info = await self._js.add_stream(config)
-                    except nats.js.errors.BadRequestError:
-                        info = await self._js.stream_info(self.stream)
-                break
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError,
-                    nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.25)
+        info = await ensure_stream(self._js, config, START_TIMEOUT_S - 2)
         if self.subject not in (info.config.subjects or []):
             raise StorageError(f"stream {self.stream} does not carry {self.subject}", code="network_error")
         last = info.state.last_seq

@@ -59,6 +59,7 @@ from blokauto.crypto import canonical
 from blokauto.errors import BlokError, InputError, NetworkError
 from blokauto.ledger.tx import SignedTx, parse_tx, verify_tx_signatures
 from blokauto.ordering.base import Batch
+from blokauto.ordering.streams import ensure_stream
 
 log = logging.getLogger("blokauto.ordering.jetstream")
 
@@ -344,22 +345,7 @@ class JetStreamOrderer:
             storage=api.StorageType.FILE, num_replicas=self.replicas, max_age=0, max_msgs=-1, max_bytes=-1,
             discard=api.DiscardPolicy.OLD, duplicate_window=DUPLICATE_WINDOW_S,
         )
-        deadline = time.monotonic() + START_TIMEOUT_S - 2
-        while True:
-            try:
-                try:
-                    info = await self._js.stream_info(self.stream_name)
-                except nats.js.errors.NotFoundError:
-                    try:
-                        info = await self._js.add_stream(config)
-                    except nats.js.errors.BadRequestError:   # created meanwhile by another node
-                        info = await self._js.stream_info(self.stream_name)
-                break
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError,
-                    nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.25)
+        info = await ensure_stream(self._js, config, START_TIMEOUT_S - 2)
         subjects = set(info.config.subjects or [])
         if not {self.tx_subject, self.cut_subject} <= subjects:
             raise NetworkError(f"stream {self.stream_name} does not carry {self.tx_subject} and {self.cut_subject}",

@@ -55,6 +55,14 @@ def locate(store: Store, serial: str, conn: sqlite3.Connection) -> tuple[dict[st
     return implied, batch
 
 
+def locate_registered(store: Store, serial: str, conn: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`locate`, or ``unknown_part`` (404) for a serial nobody registered."""
+    found = locate(store, serial, conn)
+    if found is None:
+        raise NotFound(f"no part with serial {serial} is registered", code="unknown_part")
+    return found
+
+
 def counterfeit_signals(store: Store, serial: str, conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Refused attempts to fit this serial that suggest a fake or a clone (kept in the log)."""
     signals = []
@@ -129,10 +137,7 @@ def part_history(store: Store, serial: str, conn: sqlite3.Connection | None = No
     record holds back to the first move, then its batch's registration: complete by construction."""
     conn = conn or store.reader()
     with proofs.read_snapshot(conn):
-        found = locate(store, serial, conn)
-        if found is None:
-            raise NotFound(f"no part with serial {serial} is registered", code="unknown_part")
-        record, batch = found
+        record, batch = locate_registered(store, serial, conn)
         events: list[dict[str, Any]] = []
         tx = record.get("head")
         while tx:
@@ -195,10 +200,7 @@ def build_certificate(store: Store, serial: str, conn: sqlite3.Connection | None
     """A part's offline proof of origin and current state (see the module docstring)."""
     conn = conn or store.reader()
     with proofs.read_snapshot(conn):
-        found = locate(store, serial, conn)
-        if found is None:
-            raise NotFound(f"no part with serial {serial} is registered", code="unknown_part")
-        record, batch = found
+        record, batch = locate_registered(store, serial, conn)
         levels, leaves = LEVELS.get(store, batch, conn)
         index = int(record["leaf"])
         batch_proof = proofs._build_state_proof(store, f"partbatch/{record['batch']}", conn)

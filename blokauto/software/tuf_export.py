@@ -235,10 +235,9 @@ def _write(path: Path, data: bytes) -> None:
         raise
 
 
-def _copy_image(source: ImageSource, release: Release, dest: Path) -> None:
-    """Copy an image after checking it is exactly the released bytes."""
-    digest = hashlib.sha256()
-    length = 0
+def image_digest(source: ImageSource) -> tuple[str, int]:
+    """SHA-256 (hex) and length of an image given as bytes or a path (read in 1 MiB chunks)."""
+    digest, length = hashlib.sha256(), 0
     if isinstance(source, bytes):
         digest.update(source)
         length = len(source)
@@ -247,7 +246,13 @@ def _copy_image(source: ImageSource, release: Release, dest: Path) -> None:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
                 length += len(chunk)
-    if digest.hexdigest() != release.sha256 or length != release.length:
+    return digest.hexdigest(), length
+
+
+def _copy_image(source: ImageSource, release: Release, dest: Path) -> None:
+    """Copy an image after checking it is exactly the released bytes."""
+    sha256, length = image_digest(source)
+    if sha256 != release.sha256 or length != release.length:
         raise VerificationError(f"image for {release.path} does not match its release", code="image_mismatch")
     if isinstance(source, bytes):
         _write(dest, source)
