@@ -4,10 +4,11 @@
    ``telematics.batch`` transaction and its samples; signature checked, samples' Merkle root and
    aggregates recomputed on the node's worker processes, samples stored off chain, the header
    committed in sequence) from two client processes; samples/s from the first request to the last
-   committed receipt. Batches default to four hours of driving (14,400 samples). Each batch costs the
-   node ~0.65 ms of CPU besides its samples (two Ed25519 checks, JSON, the blob's file, the commit),
-   and the bench's own clients share the two cores, so hour-long batches (3,600; ``batch``,
-   ``per_request`` for a gateway posting several) reach 0.4-0.65M samples/s here.
+   committed receipt. Batches default to a day's driving uploaded once (8 hours, 28,800 samples).
+   Each batch costs the node ~0.65 ms of CPU besides its samples (two Ed25519 checks, JSON, the
+   blob's file, the commit) plus HTTP handling on one GIL, and the bench's own clients share the two
+   cores: 4-hour batches reach ~0.93-1.06M samples/s here, hour-long ones 0.3-0.65M (``batch``, and
+   ``per_request`` for a gateway posting several).
    Beside it, the same run's pure verification rate (:func:`blokauto.vehicledata.telematics.bench_ingest`:
    one process and a 2-process pool).
 2. One sample's proof checked against its committed header (``verify_sample``), per call.
@@ -90,7 +91,7 @@ def _post_vehicles(url: str, vehicles: list[list[bytes]]) -> tuple[float, float,
     return started, ended, errors
 
 
-def run_vehicledata_bench(samples: int = 1_000_000, batch: int = 14_400, vehicles: int = 8, crashes: int = 100,
+def run_vehicledata_bench(samples: int = 2_000_000, batch: int = 28_800, vehicles: int = 8, crashes: int = 100,
                           per_request: int = 1, log: Log = None) -> dict[str, Any]:
     say = log or (lambda _line: None)
     baseline = tm.bench_ingest(total_samples=min(samples, 1_000_000), batch_size=batch, workers=2)

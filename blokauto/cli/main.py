@@ -305,7 +305,7 @@ def bench(
              "1,000,000 (~3 GB, ~10 min to write).")] = 100_000,
     vehicle_data: Annotated[bool, typer.Option(help="Also measure telematics ingestion, sample proofs and "
                                                     "crash deposits through the HTTP API.")] = True,
-    telematics_n: Annotated[int, typer.Option(help="Telematics samples to ingest.")] = 1_000_000,
+    telematics_n: Annotated[int, typer.Option(help="Telematics samples to ingest.")] = 2_000_000,
 ) -> None:
     """Measure committed tx/s through the real path beside same-run baselines, then report speed."""
     from blokauto.bench import run_bench
