@@ -5,10 +5,11 @@
    aggregates recomputed on the node's worker processes, samples stored off chain, the header
    committed in sequence) from two client processes; samples/s from the first request to the last
    committed receipt. Batches default to a day's driving uploaded once (8 hours, 28,800 samples).
-   Each batch costs the node ~0.65 ms of CPU besides its samples (two Ed25519 checks, JSON, the
-   blob's file, the commit) plus HTTP handling on one GIL, and the bench's own clients share the two
-   cores: 4-hour batches reach ~0.93-1.06M samples/s here, hour-long ones 0.3-0.65M (``batch``, and
-   ``per_request`` for a gateway posting several).
+   Each request costs the node process ~9 ms of CPU besides the samples' verification (measured:
+   2.5 CPU-s for 278 hour-long batches; the parts timed alone, two Ed25519 checks, the file and the
+   commit, are 0.65 ms: the rest is HTTP, JSON and base64, and handing the samples to the worker
+   processes, on one GIL), so 4-hour batches reach ~0.93-1.06M samples/s here and hour-long ones
+   0.3-0.65M (``batch``, and ``per_request`` for a gateway posting several).
    Beside it, the same run's pure verification rate (:func:`blokauto.vehicledata.telematics.bench_ingest`:
    one process and a 2-process pool).
 2. One sample's proof checked against its committed header (``verify_sample``), per call.
