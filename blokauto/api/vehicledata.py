@@ -185,6 +185,26 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
             raise InputError(f"{where}this endpoint takes telematics.batch transactions", code="bad_ingest")
         return tx
 
+    def prepare(raw: bytes) -> tuple[bool, list[SignedTx], list[tuple[dict[str, Any], bytes]]]:
+        """Everything before the samples' check, in one trip off the event loop: JSON, base64, the
+        transactions' stateless and signer checks."""
+        try:
+            doc = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise InputError(f"the body is not JSON: {exc}", code="bad_ingest") from None
+        many = isinstance(doc, dict) and set(doc) == {"batches"}
+        items = doc["batches"] if many else [doc]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_INGEST_ITEMS:
+            raise InputError(f"batches is a list of 1..{MAX_INGEST_ITEMS} items", code="bad_ingest")
+        prefix = (lambda i: f"batches[{i}]: ") if many else (lambda i: "")
+        parsed = [parse_item(item, prefix(i)) for i, item in enumerate(items)]
+        txs = [check_tx(tx_bytes, prefix(i)) for i, (tx_bytes, _) in enumerate(parsed)]
+        return many, txs, [(tx.payload["header"], samples) for tx, (_, samples) in zip(txs, parsed, strict=True)]
+
+    def store_all(jobs: list[tuple[dict[str, Any], bytes]]) -> None:
+        for header, samples in jobs:
+            node.store_offchain("telematics", header["root"], samples)
+
     @app.post("/v1/telematics", tags=["vehicle data"])
     async def ingest(request: Request, wait: bool = True) -> Response:
         """Batches with their samples: ``{"tx": <the signed telematics.batch transaction>, "samples":
@@ -196,25 +216,14 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         from blokauto.api.app import COMMIT_WAIT_S
 
         raw = await body(request, MAX_INGEST_BODY)
-        try:
-            doc = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise InputError(f"the body is not JSON: {exc}", code="bad_ingest") from None
-        many = isinstance(doc, dict) and set(doc) == {"batches"}
-        items = doc["batches"] if many else [doc]
-        if not isinstance(items, list) or not 1 <= len(items) <= MAX_INGEST_ITEMS:
-            raise InputError(f"batches is a list of 1..{MAX_INGEST_ITEMS} items", code="bad_ingest")
+        many, txs, jobs = await run_in_threadpool(prepare, raw)
         prefix = (lambda i: f"batches[{i}]: ") if many else (lambda i: "")
-        parsed = [parse_item(item, prefix(i)) for i, item in enumerate(items)]
-        txs = [await run_in_threadpool(check_tx, tx_bytes, prefix(i)) for i, (tx_bytes, _) in enumerate(parsed)]
-        jobs = [(tx.payload["header"], samples) for tx, (_, samples) in zip(txs, parsed, strict=True)]
         refusals = await run_in_threadpool(node.run_in_worker, check_samples_many, jobs)
         for i, refusal in enumerate(refusals):
             if refusal is not None:
                 code, message, extra = refusal
                 raise VerificationError(prefix(i) + message, code=code, extra=extra)
-        for header, samples in jobs:
-            await run_in_threadpool(node.store_offchain, "telematics", header["root"], samples)
+        await run_in_threadpool(store_all, jobs)
         futures = [node.enqueue(tx) for tx in txs]
         pending = [{"tx": tx.hash_hex, "status": "pending"} for tx in txs]
         if not wait:
