@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from blokauto import demo
+from blokauto.bench_reports import percentile, timed
 from blokauto.contracts.parts import batch_leaves, compute_batch_root
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import Signer
@@ -41,18 +42,9 @@ PN = "BENCH-PAD-1"
 MODEL = "Bench 1"
 
 
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def timed_ms(fn: Callable[[], Any], runs: int) -> dict[str, float]:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"p50_ms": statistics.median(times), "p99_ms": percentile(times, 99)}
+    times = timed(fn, runs)
+    return {"p50_ms": statistics.median(times), "p99_ms": percentile(times, 0.99)}
 
 
 def fleet_vin(n: int) -> str:

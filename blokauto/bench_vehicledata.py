@@ -36,6 +36,8 @@ import uvicorn
 
 from blokauto import demo
 from blokauto.api.app import create_app
+from blokauto.bench_parts import timed_ms
+from blokauto.bench_reports import percentile
 from blokauto.client import Client
 from blokauto.crypto.keys import Signer
 from blokauto.ledger.tx import sign_tx
@@ -45,11 +47,6 @@ from blokauto.vehicledata import telematics as tm
 from blokauto.vin import with_check_digit
 
 Log = Callable[[str], None] | None
-
-
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def _serve(node: Node) -> tuple[uvicorn.Server, threading.Thread, str]:
@@ -148,12 +145,7 @@ def run_vehicledata_bench(samples: int = 2_000_000, batch: int = 28_800, vehicle
                 header = tm.header_from_dict({k: v for k, v in node.read_state(f"tbatch/{vins[0]}/0").items()
                                               if k != "tx"})
                 proof = tm.prove_sample(first_blob, batch // 2)
-                times = []
-                for _ in range(500):
-                    a = time.perf_counter()
-                    tm.verify_sample(header, proof)
-                    times.append((time.perf_counter() - a) * 1000)
-                proof_ms = {"p50_ms": statistics.median(times), "p99_ms": percentile(times, 99)}
+                proof_ms = timed_ms(lambda: tm.verify_sample(header, proof), 500)
 
                 # crash deposits: submission to committed, checkpointed receipt
                 latencies = []
@@ -167,7 +159,7 @@ def run_vehicledata_bench(samples: int = 2_000_000, batch: int = 28_800, vehicle
                         latencies.append(time.perf_counter() - a)
                         if receipt["status"] != "ok":
                             raise RuntimeError(f"crash deposit refused: {receipt}")
-                crash_ms = {"p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 99) * 1000}
+                crash_ms = {"p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
             finally:
                 server.should_exit = True
                 thread.join(10)

@@ -55,8 +55,8 @@ class PartsSummary:
     recall: dict[str, int] = field(default_factory=dict)
 
 
-class _Sender:
-    """Signs with each key's next nonce and submits in order, one stage at a time."""
+class DemoSender:
+    """Signs with each key's next nonce and submits in order, one stage at a time (the demo seeders)."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -84,15 +84,20 @@ class _Sender:
             receipts.append(receipt)
         return receipts
 
+    def strict(self, txs: Sequence[tuple[Signer, str, dict[str, Any], tuple[Signer, ...]]]) -> list[dict[str, Any]]:
+        """:meth:`stage`, where every transaction must be accepted."""
+        receipts = self.stage(txs)
+        for (_, tx_type, _, _), receipt in zip(txs, receipts, strict=True):
+            if receipt["status"] != "ok":
+                raise BlokError(f"demo: {tx_type} failed: {receipt}", code="demo_failed")
+        return receipts
+
     def one(self, key: Signer, tx_type: str, payload: dict[str, Any],
             cosigners: tuple[Signer, ...] = ()) -> dict[str, Any]:
-        receipts = self.stage([(key, tx_type, payload, cosigners)])
-        if receipts[0]["status"] != "ok":
-            raise BlokError(f"demo parts: {tx_type} failed: {receipts[0]}", code="demo_failed")
-        return receipts[0]
+        return self.strict([(key, tx_type, payload, cosigners)])[0]
 
 
-def _admit(send: _Sender, spec: dict[str, Any]) -> None:
+def _admit(send: DemoSender, spec: dict[str, Any]) -> None:
     """A new organisation joins by vote: the carmaker proposes, five more members cosign."""
     if send.node.read_state(f"id/org/{spec['id']}") is not None:
         return
@@ -104,7 +109,7 @@ def _admit(send: _Sender, spec: dict[str, Any]) -> None:
                                        "label": "operations"})
 
 
-def _ship(send: _Sender, sender: Signer, receiver: Signer, serials: list[str], to: str, zone: str,
+def _ship(send: DemoSender, sender: Signer, receiver: Signer, serials: list[str], to: str, zone: str,
           conditions: dict[str, int] | None = None, **observed: Any) -> None:
     payload: dict[str, Any] = {"serials": serials, "to": to, "zone": zone}
     if conditions:
@@ -126,7 +131,7 @@ def _batch(part_number: str, lot: str, plant: str, produced_ms: int, serials: li
 def seed_parts(node: Node, now_ms: int | None = None) -> PartsSummary:
     """Both stories, through the node's real bulk path (the sample fleet must be seeded first)."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    send = _Sender(node)
+    send = DemoSender(node)
     rng = random.Random("blokauto/demo/parts")
     maker, plant = demo_member("kestrel-parts"), demo_member("nordwerk")
     berg, quickfix = demo_member("werkstatt-berg"), demo_member("quickfix")
@@ -145,7 +150,7 @@ def seed_parts(node: Node, now_ms: int | None = None) -> PartsSummary:
     _ship(send, forwarder, maker, tray, "kestrel-parts", "DE-STR", {"min_dc": -400, "max_dc": 850},
           observed_min_dc=40, observed_max_dc=310)
     _ship(send, maker, plant, tray[:100], "nordwerk", "DE-LEJ")
-    models = sorted({record["model"] for _, record in _fleet(node)} | {"Kestrel 3"})
+    models = sorted({record["model"] for _, record in fleet_records(node)} | {"Kestrel 3"})
     send.one(plant, "part.approve", {"part_number": CHIP, "models": models})
     if node.read_state(f"vehicle/{NEW_CAR}") is None:
         send.one(plant, "vehicle.register", {"vin": NEW_CAR, "model": "Kestrel 3", "year": 2024, "powertrain": "bev",
@@ -181,7 +186,7 @@ def seed_parts(node: Node, now_ms: int | None = None) -> PartsSummary:
     send.one(plant, "part.approve", {"part_number": PAD, "models": models})
     _ship(send, maker, berg, bad[:150] + good[:150], "werkstatt-berg", "DE-HH")
     _ship(send, maker, quickfix, bad[150:] + good[150:], "quickfix", "DE-B")
-    cars = [vin for vin, record in _fleet(node) if record["status"] == "active" and record["owner"]]
+    cars = [vin for vin, record in fleet_records(node) if record["status"] == "active" and record["owner"]]
     rng.shuffle(cars)
     fitted: list[tuple[str, Signer, str, str]] = []   # (vin, workshop key, pad, workshop org)
     installs = []
@@ -233,6 +238,6 @@ def seed_parts(node: Node, now_ms: int | None = None) -> PartsSummary:
     return summary
 
 
-def _fleet(node: Node) -> list[tuple[str, dict[str, Any]]]:
+def fleet_records(node: Node) -> list[tuple[str, dict[str, Any]]]:
     return [(key[len("vehicle/"):], canonical.decode_trusted(value))
             for key, value in node.store.iter_state("vehicle/")]

@@ -20,13 +20,10 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from blokauto.crypto import canonical
 from blokauto.crypto.keys import Signer, b64
 from blokauto.demo import demo_member
-from blokauto.errors import BlokError
-from blokauto.ledger.tx import sign_tx
+from blokauto.demo_parts import DemoSender, fleet_records
 from blokauto.node import Node
 from blokauto.offchain.checks import check_samples
 from blokauto.software.releases import Release, build_release_metadata, sign_release
@@ -54,35 +51,6 @@ class VehicleDataSummary:
     notable: dict[str, str] = field(default_factory=dict)
 
 
-class _Sender:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.nonces: dict[str, int] = {}
-        self.count = 0
-
-    def raw(self, key: Signer, tx_type: str, payload: dict[str, Any], cosigners: tuple[Signer, ...] = ()) -> bytes:
-        did = key.did
-        if did not in self.nonces:
-            self.nonces[did] = max(int(self.node.read_state(f"nonce/{did}") or 0), self.node.pending_nonce(did))
-        self.nonces[did] += 1
-        return sign_tx(self.node.chain, tx_type, key, self.nonces[did], payload, cosigners)
-
-    def run(self, raws: list[bytes]) -> list[dict[str, Any]]:
-        receipts = []
-        for ticket in self.node.submit_many(raws):
-            receipt = ticket.result(timeout=600)
-            if receipt["status"] != "ok":
-                raise BlokError(f"demo vehicle data: {receipt.get('code')}: {receipt.get('message')}",
-                                code="demo_failed")
-            receipts.append(receipt)
-        self.count += len(receipts)
-        return receipts
-
-    def one(self, key: Signer, tx_type: str, payload: dict[str, Any],
-            cosigners: tuple[Signer, ...] = ()) -> dict[str, Any]:
-        return self.run([self.raw(key, tx_type, payload, cosigners)])[0]
-
-
 def _owner_key(did: str) -> Signer | None:
     """The fleet's owners hold deterministic demo keys: find the one behind ``did``."""
     for n in range(1, 5_000):
@@ -90,10 +58,6 @@ def _owner_key(did: str) -> Signer | None:
         if key.did == did:
             return key
     return None
-
-
-def _fleet(node: Node) -> list[dict[str, Any]]:
-    return [canonical.decode_trusted(value) for _, value in node.store.iter_state("vehicle/")]
 
 
 def _day_of_driving(rng: random.Random, odometer_m: int) -> tuple[bytes, int]:
@@ -119,10 +83,10 @@ def _day_of_driving(rng: random.Random, odometer_m: int) -> tuple[bytes, int]:
 def seed_vehicledata(node: Node, now_ms: int | None = None) -> VehicleDataSummary:
     """Software, telematics, a priced period, a crash and its claim (the fleet must be seeded first)."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    send = _Sender(node)
+    send = DemoSender(node)
     summary = VehicleDataSummary()
     maker, insurer = demo_member("nordwerk"), demo_member("alpina-insurance")
-    fleet = [r for r in _fleet(node) if r["status"] == "active" and r["owner"]]
+    fleet = [r for _, r in fleet_records(node) if r["status"] == "active" and r["owner"]]
 
     # -- software ------------------------------------------------------------------------------------
     expires = datetime.fromtimestamp(now // 1000 + 2 * 365 * 86_400, UTC)
@@ -141,14 +105,14 @@ def seed_vehicledata(node: Node, now_ms: int | None = None) -> VehicleDataSummar
         send.one(maker, "software.campaign", {"campaign": "NW-SW-2026-03", "hardware_id": BRAKE_HW, "version": 2,
                                               "title": "Brake ECU 2.0: smoother ABS control on wet roads",
                                               "models": sorted({r["model"] for r in fleet})[:3]})
-        raws = []
+        installs = []
         for n, record in enumerate(fleet[:12]):
             device = Signer.deterministic(f"demo/fleet/device/{record['vin']}")
             for version in (1, 2) if n % 4 else (1,):
-                raws.append(send.raw(device, "software.installed", {
+                installs.append((device, "software.installed", {
                     "vin": record["vin"], "ecu": "brake", "hardware_id": BRAKE_HW,
-                    "image_sha256": releases[version - 1].sha256}))
-        send.run(raws)
+                    "image_sha256": releases[version - 1].sha256}, ()))
+        send.strict(installs)
         summary.notable["software_car"] = fleet[1]["vin"]
 
     # -- usage-based insurance: a car, its owner, five weeks of driving ------------------------------
@@ -165,7 +129,7 @@ def seed_vehicledata(node: Node, now_ms: int | None = None) -> VehicleDataSummar
                                          "period_days": 30, "claim_threshold_dkmh": 150}, (owner,))
     rng = random.Random(f"demo/telematics/{vin}")
     odometer = car["odometer_km"] * 1_000
-    raws = []
+    batches = []
     for day in range(34):
         blob, end = _day_of_driving(rng, odometer)
         evening = 22 if day % 5 == 0 else 17     # every fifth day a late drive home: night kilometres
@@ -173,9 +137,9 @@ def seed_vehicledata(node: Node, now_ms: int | None = None) -> VehicleDataSummar
         refusal = check_samples(tm.header_to_dict(header), blob)
         assert refusal is None, refusal
         node.store_offchain("telematics", header.root, blob)
-        raws.append(send.raw(device, "telematics.batch", {"header": tm.header_to_dict(header)}))
+        batches.append((device, "telematics.batch", {"header": tm.header_to_dict(header)}, ()))
         odometer = end
-    send.run(raws)
+    send.strict(batches)
     send.one(insurer, "insurance.premium", {"vin": vin, "period": 0})
     send.one(device, "vehicle.odometer", {"vin": vin, "odometer_km": odometer // 1_000, "at_ms": now - 2 * HOUR_MS})
     record = edr.sample_record(vin, device, now - HOUR_MS, braking=True, impact_kmh=41, seed=2026)
@@ -185,6 +149,6 @@ def seed_vehicledata(node: Node, now_ms: int | None = None) -> VehicleDataSummar
     node.store_offchain("crash", signed.record_hash, signed.record)
     claim = next((e["claim"] for e in receipt["events"] if e["type"] == "claim.opened"), "")
     summary.notable.update(insured_car=vin, crash_record=signed.record_hash, claim=claim)
-    summary.transactions = send.count
+    summary.transactions = send.summary.transactions
     return summary
 

@@ -347,6 +347,10 @@ class Node:
             raise
         return tx
 
+    def state_reader(self) -> _ReaderState:
+        """Committed state with the interface contracts' read rules take (``get``)."""
+        return _ReaderState(self)
+
     def read_state(self, key: str) -> Any | None:
         """Latest committed value: the committer's cache when it holds the key, else SQLite."""
         encoded = self.ledger.committed_cache.get(key, _MISS)
@@ -363,7 +367,7 @@ class Node:
         return dict(record) if org is not None and org.get("status") == "active" else None
 
     def _check_auth(self, tx: SignedTx) -> None:
-        _, code, message = self.ledger.check_auth(_ReaderState(self), tx, self.registry[tx.type])
+        _, code, message = self.ledger.check_auth(self.state_reader(), tx, self.registry[tx.type])
         if code:
             raise Rejected(message, code=code, http_status=403)
 

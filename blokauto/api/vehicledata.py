@@ -39,7 +39,6 @@ from blokauto.vin import canonical_vin
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_RECORD_BYTES = 256 * 1024
 MAX_SAMPLES_BYTES = telematics.MAX_SAMPLES * telematics.SAMPLE_SIZE
-MAX_INGEST_BYTES = MAX_SAMPLES_BYTES * 4 // 3 + 64 * 1024     # base64 samples + the transaction
 MAX_INGEST_ITEMS = 64
 MAX_INGEST_BODY = 16 * 1024 * 1024     # 64 hour-long batches, or 5 day-long ones
 CRASH_ROLES = frozenset({"regulator", "registry"})
@@ -60,15 +59,16 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         return dict(record)
 
     def consented(vin: str, org: str | None, scope: str) -> bool:
-        return org is not None and has_consent(_Reader(node), vin, org, scope, int(time.time() * 1000))
+        return org is not None and has_consent(node.state_reader(), vin, org, scope, int(time.time() * 1000))
 
     def deny(what: str) -> Unauthorized:
         return Unauthorized(f"{what} is for the vehicle's owner and the organisations entitled to it",
                             code="not_entitled", http_status=403)
 
-    def require_crash_reader(crash: dict[str, Any], authorization: str | None) -> None:
-        did, member = reader(authorization)
-        record = vehicle(crash["vin"])
+    def require_crash_reader(crash: dict[str, Any], authorization: str | None,
+                             who: tuple[str, dict[str, Any] | None, dict[str, Any]] | None = None) -> None:
+        """``who`` = (reader's key, member record, vehicle record) when the caller has them already."""
+        did, member, record = who or (*reader(authorization), vehicle(crash["vin"]))
         at = crash["vehicle_state"]
         if did in (record.get("owner"), at.get("owner")):
             return
@@ -141,10 +141,11 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
     def list_crashes(vin: str, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """Every crash deposit of a vehicle, oldest first (the same readers as a deposit)."""
         vin = canonical_vin(vin)
+        who = (*reader(authorization), vehicle(vin))
         found = []
         for _, record_hash in node.store.scan_index("crashes", f"{vin}|"):
             crash = crash_of(record_hash)
-            require_crash_reader(crash, authorization)
+            require_crash_reader(crash, authorization, who)
             found.append(crash)
         return {"vin": vin, "crashes": found}
 
@@ -329,13 +330,3 @@ def add_vehicle_data_routes(app: FastAPI, node: Node, tokens: TokenIssuer,
         if did != vehicle(found["vin"]).get("owner") and not insurer_or_authority:
             raise deny("a claim")
         return {"claim": found}
-
-
-class _Reader:
-    """Committed state as the contracts' consent rule reads it."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    def get(self, key: str) -> Any | None:
-        return self.node.read_state(key)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from blokauto.crypto.keys import Signer
 from blokauto.crypto.keystore import read_keystore
-from blokauto.errors import InputError
+from blokauto.errors import BlokError, InputError, VerificationError
 
 out = Console(soft_wrap=True, emoji=False, highlight=False)
 err = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
@@ -39,3 +42,14 @@ def password_from(env_name: str, *, confirm: bool = False) -> str:
 
 def load_signer(path: Path, password_env: str) -> Signer:
     return Signer(read_keystore(path, password_from(password_env)))
+
+
+@contextmanager
+def verifying(*errors: type[BlokError]) -> Iterator[None]:
+    """A failed check becomes the CLI's answer to it: ``INVALID [code] message`` on stderr, exit 3."""
+    caught = errors or (VerificationError,)
+    try:
+        yield
+    except caught as exc:
+        err.print(f"[red]INVALID[/] {escape(f'[{exc.code}] {exc.message}')}")
+        raise typer.Exit(3) from None

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json
+from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json, verifying
 from blokauto.errors import InputError
 from blokauto.vin import canonical_vin
 
@@ -188,7 +188,6 @@ def verify(cert_file: Path,
            keys: Annotated[Path, typer.Option(help="Trusted checkpoint keys, one per line (GET /v1/checkpoint/keys).")],
            quorum: Annotated[int, typer.Option(help="Organisation signatures required.")] = 1) -> None:
     """Verify a part certificate offline, with no node. Exit 3 when it does not verify."""
-    from blokauto.errors import VerificationError
     from blokauto.reports.parts import verify_certificate
 
     try:
@@ -196,11 +195,8 @@ def verify(cert_file: Path,
     except (OSError, ValueError) as exc:
         raise InputError(f"{cert_file} is not a JSON certificate: {exc}", code="bad_certificate") from None
     trusted = [line.strip() for line in keys.read_text().splitlines() if line.strip()]
-    try:
+    with verifying():
         part = verify_certificate(cert, trusted, quorum)
-    except VerificationError as exc:
-        err.print(f"[red]INVALID[/] {escape(f'[{exc.code}] {exc.message}')}")
-        raise typer.Exit(3) from None
     state = "never moved, with its maker" if part.record is None else (
         f"{part.record['status']}" + (f" in {part.record['vin']}" if part.record.get("vin") else ""))
     out.print(f"[green]VALID[/] {escape(part.serial)}: {escape(part.part_number)} lot {escape(part.lot)} registered "

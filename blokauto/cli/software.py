@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json
+from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json, verifying
 from blokauto.errors import BlokError, InputError, VerificationError
 
 software_app = typer.Typer(help="Software releases: TUF trust, signed catalogues, campaigns, installs, export.",
@@ -261,12 +261,8 @@ def vehicle(vin: str, node: NodeOpt = DEFAULT_NODE) -> None:
 @software_app.command("verify")
 def verify(org: str, node: NodeOpt = DEFAULT_NODE) -> None:
     """Check a carmaker's trust and catalogues locally, as a TUF client would. Exit 3 when they fail."""
-    with _client(node) as client:
-        try:
-            software = client.verified_software(org)
-        except (VerificationError, InputError) as exc:  # the node's documents, checked here
-            err.print(f"[red]INVALID[/] {escape(f'[{exc.code}] {exc.message}')}")
-            raise typer.Exit(3) from None
+    with _client(node) as client, verifying(VerificationError, InputError):
+        software = client.verified_software(org)
     out.print(f"[green]VALID[/] {escape(org)}: root version {len(software.roots)}, "
               f"{len(software.key_sets)} hardware type(s)")
     for hw, doc in sorted(software.catalogues.items()):
@@ -290,14 +286,10 @@ def export(
     """Write a TUF repository of a carmaker's releases from the ledger (verified first). Exit 3 when the
     node's data or an image fails verification."""
     signer = load_signer(online_key, password_env)
-    with _client(node) as client:
-        try:
-            written = client.export_software(
-                org, out_dir, online_key=signer, images=images, version=version,
-                snapshot_expires=_expiry(None, snapshot_days), timestamp_expires=_expiry(None, timestamp_days))
-        except VerificationError as exc:
-            err.print(f"[red]INVALID[/] {escape(f'[{exc.code}] {exc.message}')}")
-            raise typer.Exit(3) from None
+    with _client(node) as client, verifying():
+        written = client.export_software(
+            org, out_dir, online_key=signer, images=images, version=version,
+            snapshot_expires=_expiry(None, snapshot_days), timestamp_expires=_expiry(None, timestamp_days))
     hosted = [p for p in written if p.startswith("targets/")]
     out.print(f"exported {org} to {out_dir}: {len(written) - len(hosted)} metadata file(s), {len(hosted)} image(s)")
     for path in written:

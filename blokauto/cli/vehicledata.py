@@ -9,8 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json
-from blokauto.errors import VerificationError
+from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, load_signer, out, print_json, verifying
 from blokauto.vin import canonical_vin
 
 crash_app = typer.Typer(help="Crash (event data recorder) deposits and records.", no_args_is_help=True)
@@ -42,12 +41,8 @@ def crash_fetch(record_hash: str, key: KeyOpt,
                 node: NodeOpt = DEFAULT_NODE, password_env: PasswordEnv = "BLOKAUTO_PASSWORD") -> None:
     """Fetch a full crash record and check it here against the ledger's deposit (hash, device
     signature, summary). Exit 3 when any byte differs from what the vehicle signed."""
-    with _client(node, key, password_env) as client:
-        try:
-            record = client.crash_record(record_hash)
-        except VerificationError as exc:
-            err.print(f"[red]INVALID[/] {escape(f'[{exc.code}] {exc.message}')}")
-            raise typer.Exit(3) from None
+    with _client(node, key, password_env) as client, verifying():
+        record = client.crash_record(record_hash)
     from blokauto.vehicledata.crash import encode_record
 
     out_file.write_bytes(encode_record(record))
@@ -69,12 +64,8 @@ def telematics_show(vin: str, key: KeyOpt, node: NodeOpt = DEFAULT_NODE,
 def telematics_sample(vin: str, seq: int, index: int, key: KeyOpt, node: NodeOpt = DEFAULT_NODE,
                       password_env: PasswordEnv = "BLOKAUTO_PASSWORD") -> None:
     """One sample, its Merkle proof checked here against the committed batch header."""
-    with _client(node, key, password_env) as client:
-        try:
-            answer = client.sample(canonical_vin(vin), seq, index)
-        except VerificationError as exc:
-            err.print(f"[red]INVALID[/] {escape(f'[{exc.code}] {exc.message}')}")
-            raise typer.Exit(3) from None
+    with _client(node, key, password_env) as client, verifying():
+        answer = client.sample(canonical_vin(vin), seq, index)
     print_json(answer["sample"])
 
 

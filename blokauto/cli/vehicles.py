@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json
+from blokauto.cli.common import DEFAULT_NODE, NodeOpt, PasswordEnv, err, load_signer, out, print_json, verifying
 from blokauto.errors import InputError
 from blokauto.vin import canonical_vin
 
@@ -99,7 +98,6 @@ def check_report(
 ) -> None:
     """Verify a report bundle offline, with no node: every proof, the checkpoint signatures, and that
     no event is missing. Exit 3 and name the first failing item when it does not verify."""
-    from blokauto.errors import VerificationError
     from blokauto.reports.bundle import verify_bundle
     from blokauto.reports.history import build_view
 
@@ -114,11 +112,8 @@ def check_report(
         err.print("[yellow]note[/] no --keys given: trusting the checkpoint keys inside the bundle, which proves "
                   "the bundle is consistent, not who signed it")
     need = quorum if quorum is not None else int(bundle.get("quorum", 1)) if isinstance(bundle, dict) else 1
-    try:
+    with verifying():
         verified = verify_bundle(bundle, trusted, need, origin)
-    except VerificationError as exc:
-        err.print(f"[red]INVALID[/] {escape(f'[{exc.code}] {exc.message}')}")
-        raise typer.Exit(3) from None
     view = build_view(verified)
     if json_out:
         print_json(view)

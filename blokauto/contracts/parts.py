@@ -74,7 +74,6 @@ Material = Literal["cobalt", "lithium", "nickel", "manganese", "graphite", "copp
                    "tantalum", "tungsten", "gold", "rare_earths", "silicon", "steel", "lead"]
 Stage = Literal["mine", "smelter", "refiner", "precursor", "cathode", "cell", "component"]
 
-STATUSES = ("made", "in_transit", "in_stock", "installed", "removed", "recycled", "second_life")
 MOVABLE = frozenset({"made", "in_stock", "removed"})
 # Codes of refused installations that suggest a counterfeit or cloned part; the authenticity
 # check counts them per serial.
@@ -293,13 +292,18 @@ def load_parts(ctx: Context, serials: list[str]) -> list[dict[str, Any] | None]:
             batch = batches.get(bid) or ctx.get(batch_key(bid))
             assert batch is not None, "a serial in the index always has its batch"
             batches[bid] = batch
-            records[i] = {
-                "serial": serials[i], "part_number": batch["part_number"], "lot": batch["lot"], "batch": bid,
-                "leaf": int(leaf), "maker": batch["maker"], "status": "made", "holder": batch["maker"],
-                "vin": None, "shipment": None, "since_ms": batch["produced_ms"], "events": 0, "head": None,
-                "installs": 0, "reused": False, "flags": [],
-            }
+            records[i] = unmoved_record(serials[i], bid, int(leaf), batch)
     return records
+
+
+def unmoved_record(serial: str, batch_id: str, leaf: int, batch: dict[str, Any]) -> dict[str, Any]:
+    """The record a registered part has until it first moves: made, held by its maker."""
+    return {
+        "serial": serial, "part_number": batch["part_number"], "lot": batch["lot"], "batch": batch_id,
+        "leaf": leaf, "maker": batch["maker"], "status": "made", "holder": batch["maker"],
+        "vin": None, "shipment": None, "since_ms": batch["produced_ms"], "events": 0, "head": None,
+        "installs": 0, "reused": False, "flags": [],
+    }
 
 
 def require_registered(records: list[dict[str, Any] | None], serials: list[str]) -> list[dict[str, Any]]:
@@ -417,7 +421,6 @@ def register_batch(ctx: Context, p: RegisterBatch) -> None:
                 f"{p.part_number} is a traction battery: every part needs its battery-passport data")
     else:
         require(p.passports is None, "bad_batch", f"{p.part_number} is not a battery; passports do not apply")
-    passports = None if p.passports is None else [msgspec.to_builtins(x) for x in p.passports]
     root = p.root      # RegisterBatch.validate() checked that the parts hash to it
     taken = ctx.index_get_many("serial", p.serials)
     if taken:
@@ -431,7 +434,7 @@ def register_batch(ctx: Context, p: RegisterBatch) -> None:
     ctx.put(batch_key(batch), {
         "id": batch, "root": root, "tx": ctx.tx_hash, "maker": ctx.org, "part_number": p.part_number, "lot": p.lot,
         "plant": p.plant, "produced_ms": p.produced_ms, "count": len(p.serials), "materials": materials,
-        "battery": passports is not None, "registered_ms": ctx.time_ms,
+        "battery": p.passports is not None, "registered_ms": ctx.time_ms,
     })
     ctx.emit("part.batch", batch=batch, root=root, part_number=p.part_number, lot=p.lot, count=len(p.serials))
 

@@ -56,7 +56,6 @@ from blokauto.vehicledata import telematics
 from blokauto.vin import parse_vin
 
 DAY_MS = 86_400_000
-MAX_PERIOD_MS = 366 * DAY_MS
 Scope = Literal["telematics", "crash"]
 DeciKmh = Annotated[int, msgspec.Meta(ge=-2_500, le=2_500)]
 

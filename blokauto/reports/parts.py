@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from threading import Lock
 from typing import Any
 
-from blokauto.contracts.parts import COUNTERFEIT_CODES, batch_leaves, part_leaf
+from blokauto.contracts.parts import COUNTERFEIT_CODES, batch_leaves, part_leaf, unmoved_record
 from blokauto.contracts.recalls import part_affected, vehicle_in_scope
 from blokauto.crypto import canonical
 from blokauto.crypto.keys import b64, unb64
 from blokauto.crypto.merkle import inclusion_path, leaf_hash, tree_levels, verify_inclusion
 from blokauto.crypto.note import KnownKeys
-from blokauto.errors import InputError, NotFound, VerificationError
+from blokauto.errors import InputError, NotFound, StorageError, VerificationError
 from blokauto.ledger import proofs
 from blokauto.ledger.store import Store
 
@@ -47,12 +47,10 @@ def locate(store: Store, serial: str, conn: sqlite3.Connection) -> tuple[dict[st
     if entry is None:
         return None
     bid, _, leaf = entry.partition(":")
-    batch = _state(store, f"partbatch/{bid}", conn) or {}
-    implied = {"serial": serial, "part_number": batch.get("part_number"), "lot": batch.get("lot"), "batch": bid,
-               "leaf": int(leaf), "maker": batch.get("maker"), "status": "made", "holder": batch.get("maker"),
-               "vin": None, "since_ms": batch.get("produced_ms"), "events": 0, "head": None, "installs": 0,
-               "reused": False, "flags": []}
-    return implied, batch
+    batch = _state(store, f"partbatch/{bid}", conn)
+    if batch is None:
+        raise StorageError(f"serial {serial} names batch {bid}, which is missing", code="corrupt_store")
+    return unmoved_record(serial, bid, int(leaf), batch), batch
 
 
 def locate_registered(store: Store, serial: str, conn: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -490,14 +490,16 @@ def build_batch(signer: Signer, vin: str, seq: int, start_ms: int,
     return seal_batch(signer, vin, seq, start_ms, blob), blob
 
 
-def verify_batch(header: TelematicsHeader, blob: bytes | None = None) -> None:
+def verify_batch(header: TelematicsHeader, blob: bytes | None = None, *, check_signature: bool = True) -> None:
     """Raise unless the header is signed by its device and, given the samples, tells the truth about them.
 
     With a blob the root is checked first, so a blob that is not the committed one is reported as
     ``root_mismatch`` and never blamed on the device; after that, ``count_mismatch``, ``bad_sample``,
     ``samples_out_of_order``, ``odometer_backwards`` and ``aggregates_mismatch`` are the device's.
+    ``check_signature=False`` for a header whose signature was already checked (a committed one).
     """
-    _check_signature(header)
+    if check_signature:
+        _check_signature(header)
     if header.count != header.aggregates.samples:
         raise VerificationError(f"aggregates mismatch: samples {header.aggregates.samples} != count {header.count}",
                                 code="aggregates_mismatch")
