@@ -31,7 +31,14 @@ from blokauto.crypto import canonical
 from blokauto.crypto.keys import b64, unb64
 from blokauto.crypto.note import verifier_key
 from blokauto.errors import BlokError, InputError, Rejected, StorageError
-from blokauto.ledger.chain import BlockResult, CheckpointSigner, Ledger, parse_block_extension
+from blokauto.ledger.chain import (
+    STATE_CACHE_ENTRIES,
+    TREE_CACHE_NODES,
+    BlockResult,
+    CheckpointSigner,
+    Ledger,
+    parse_block_extension,
+)
 from blokauto.ledger.state import nonce_key
 from blokauto.ledger.store import Store
 from blokauto.ledger.tx import MAX_TX_BYTES, SignedTx, decode_batch, encode_batch, parse_tx, verify_tx_signatures
@@ -52,6 +59,8 @@ class NodeConfig:
     synchronous: str = "NORMAL"
     network: Any = None          # a blokauto.network.config.NetworkConfig: order through JetStream, cosign
     final_wait_s: float = 2.0    # how long a proof waits for its checkpoint to be cosigned by a quorum
+    state_cache_entries: int = STATE_CACHE_ENTRIES   # the committer's caches: bounded, so memory stays flat
+    tree_cache_nodes: int = TREE_CACHE_NODES
 
 
 def write_node_key(data_dir: Path, org_id: str, name: str, key: SigningKey) -> None:
@@ -163,7 +172,8 @@ class Node:
         self.store = Store(self.data_dir, synchronous=self.config.synchronous)
         self.store.start_checkpointer()
         self.registry = load_all()
-        self.ledger = Ledger(self.store, self.registry, signer)
+        self.ledger = Ledger(self.store, self.registry, signer, state_cache_entries=self.config.state_cache_entries,
+                             tree_cache_nodes=self.config.tree_cache_nodes)
         self.ledger.prechecked = True   # every path into the committer runs check_stateless/check_message
         self.chain = self.ledger.chain
         self.cosigner: Any = None

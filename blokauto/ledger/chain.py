@@ -39,7 +39,8 @@ from blokauto.ledger.tx import SignedTx
 
 log = logging.getLogger("blokauto.ledger")
 
-STATE_CACHE_ENTRIES = 50_000
+STATE_CACHE_ENTRIES = 50_000    # committed values the committer keeps (encoded, ~0.1-1 KB each)
+TREE_CACHE_NODES = 100_000      # decoded state-tree nodes (~350 bytes each)
 # Payload fields that name what a transaction is about; every leaf (accepted or rejected) whose
 # payload has one is indexed as "<field>:<value>", so a vehicle's or a part's whole record,
 # refused attempts included, is found without scanning the log.
@@ -211,10 +212,15 @@ def _result_json(status: str, events: list[dict[str, Any]] | None = None, code: 
 class Ledger:
     """One node's ledger: committed state, log appender, state tree and the executor."""
 
-    def __init__(self, store: Store, registry: Mapping[str, TxType], signer: CheckpointSigner | None = None) -> None:
+    def __init__(self, store: Store, registry: Mapping[str, TxType], signer: CheckpointSigner | None = None,
+                 *, state_cache_entries: int = STATE_CACHE_ENTRIES, tree_cache_nodes: int = TREE_CACHE_NODES) -> None:
         self.store = store
         self.registry = registry
         self.signer = signer
+        # Both caches are bounded, so memory stays flat however large the ledger grows; a node
+        # whose working set (vehicles touched per hour, say) exceeds them reads SQLite instead.
+        self.state_cache_entries = max(16, state_cache_entries)
+        self.tree_cache_nodes = max(16, tree_cache_nodes)
         genesis = store.get_meta("genesis")
         if genesis is None:
             raise StorageError("ledger has no genesis", code="no_ledger")
@@ -273,7 +279,8 @@ class Ledger:
         self.head = Header.decode(header_bytes)
         self.appender = LogAppender(self.head.log_size, lambda ids: store.get_log_nodes(ids, store.writer),
                                     min_level=LOG_MIN_LEVEL)
-        self.smt = SparseMerkleTree(lambda i: store.get_smt_node(i, store.writer), next_id=store.max_smt_id() + 1)
+        self.smt = SparseMerkleTree(lambda i: store.get_smt_node(i, store.writer), next_id=store.max_smt_id() + 1,
+                                    cache_size=self.tree_cache_nodes)
         self._cache.clear()
 
     @staticmethod
@@ -301,7 +308,7 @@ class Ledger:
     def _load_committed(self, key: str) -> bytes | None:
         """Cache miss: read SQLite and remember the answer (absence too)."""
         encoded = self.store.get_state(key, self.store.writer)
-        if len(self._cache) >= STATE_CACHE_ENTRIES:
+        if len(self._cache) >= self.state_cache_entries:
             self._cache.clear()
         self._cache[key] = encoded
         return encoded
@@ -456,7 +463,7 @@ class Ledger:
                            if v is None],
         ))
         cache = self._cache
-        if len(cache) + len(pending) >= STATE_CACHE_ENTRIES:
+        if len(cache) + len(pending) >= self.state_cache_entries:
             cache.clear()
         cache.update(pending)
         self.head, self.head_hash, self.state_root_id, self.head_checkpoint = header, block_hash, root_id, checkpoint
