@@ -181,7 +181,11 @@ class Node:
         self.blobs = BlobStore(self.data_dir / "offchain")
         self.orderer: Any = SoloOrderer()
         if self.config.network is not None:
-            self._start_network(self.config.network)
+            try:
+                self._start_network(self.config.network)
+            except BaseException:
+                self.store.close()
+                raise
         self._lock = threading.Lock()
         self._waiting: dict[bytes, Waiter] = {}
         self._pending_nonce: dict[str, int] = {}
@@ -204,6 +208,10 @@ class Node:
         if net.chain != self.chain or net.org != self.org_id:
             raise InputError(f"the network file is for {net.org} on {net.chain}, this node is {self.org_id} on "
                              f"{self.chain}", code="bad_network_config")
+        max_block_txs = governance.parse_genesis(self.ledger.genesis).ordering.max_block_txs
+        if net.max_block_txs is not None and net.max_block_txs != max_block_txs:
+            raise InputError(f"the network file says max_block_txs {net.max_block_txs}, but this chain's genesis "
+                             f"fixes {max_block_txs} for every node (drop the field)", code="bad_network_config")
         options = connect_options(net)
         position = int(self.store.get_meta("stream_seq") or b"0")
         self.cosigner = Cosigner(net.servers, self.chain, self.org_id, self.data_dir, keys=self.checkpoint_keys,
@@ -220,7 +228,7 @@ class Node:
                                          replicas=net.replicas, connect_options=options).start()
         self.orderer = JetStreamOrderer(
             net.servers, self.chain, self.org_id, start_after=position, start_time_ms=self.ledger.head.time_ms,
-            max_block_txs=net.max_block_txs, cut_interval_s=net.cut_interval_ms / 1000, replicas=net.replicas,
+            max_block_txs=max_block_txs, cut_interval_s=net.cut_interval_ms / 1000, replicas=net.replicas,
             connect_options=options).start()
 
     # -- off-chain data --------------------------------------------------------------------------

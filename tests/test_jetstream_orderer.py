@@ -13,6 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from blokauto.ordering import jetstream
 from blokauto.ordering.base import Batch
 from blokauto.ordering.jetstream import JetStreamOrderer, check_message, parse_marker
 from tests.nats_fixtures import NatsServer, free_port, nats_cluster, nats_server
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SIGNER = demo_admin("nordwerk")
 _chains = itertools.count(1)
@@ -62,8 +65,8 @@ def bad_signature(raw: bytes) -> bytes:
     return canonical.encode(envelope)
 
 
-def marker(time_ms: int, by: str = "someorg") -> bytes:
-    return canonical.encode({"by": by, "time_ms": time_ms})
+def marker(by: str = "someorg") -> bytes:
+    return canonical.encode({"by": by})
 
 
 def summary(batches: list[Batch]) -> list[tuple[Any, ...]]:
@@ -120,6 +123,24 @@ def stream_headers(server: NatsServer, stream: str) -> list[tuple[str, dict[str,
     return asyncio.run(run())
 
 
+def stored_times(server: NatsServer, stream: str) -> dict[int, int]:
+    """Stream sequence -> the time (ms) the stream stored the message at, as the server reports it."""
+    async def run() -> dict[int, int]:
+        nc = await nats.connect(server.url)
+        try:
+            js = nc.jetstream()
+            last = (await js.stream_info(stream)).state.last_seq
+            out = {}
+            for seq in range(1, last + 1):
+                stamp = (await js.get_msg(stream, seq)).time
+                assert stamp is not None
+                out[seq] = (stamp - EPOCH) // timedelta(milliseconds=1)
+            return out
+        finally:
+            await nc.close()
+    return asyncio.run(run())
+
+
 def create_stream(server: NatsServer, chain: str) -> JetStreamOrderer:
     """Stream created (and names known) without a running orderer that could publish markers."""
     o = orderer(server, chain, "setup")
@@ -134,29 +155,30 @@ def test_scripted_stream_cut_split_and_resumed_identically(server: NatsServer, c
     names = create_stream(server, chain)
     tx, cut = names.tx_subject, names.cut_subject
     script: list[tuple[str, bytes]] = [(tx, raw_tx(chain, 1))]                     # 1: before any marker
-    script += [(cut, marker(100))]                                                   # 2
+    script += [(cut, marker())]                                                      # 2
     script += [(tx, raw_tx(chain, n)) for n in range(2, 32)]                          # 3..32: 30 txs, 12 a block
-    script += [(cut, marker(200)), (cut, marker(300))]                                # 33, 34: empty run
+    script += [(cut, marker()), (cut, marker("other"))]                               # 33, 34: empty run
     script += [(tx, bad_signature(raw_tx(chain, 999))), (tx, b"\x00garbage")]       # 35, 36: all dropped
-    script += [(cut, marker(400))]                                                    # 37
+    script += [(cut, marker())]                                                       # 37
     script += [(tx, raw_tx(chain, n)) for n in range(32, 56)]                         # 38..61: 24 = 2 blocks
-    script += [(cut, marker(500)), (cut, b'{"by": "x", "time_ms": 1}')]               # 62, 63 (malformed)
-    script += [(tx, raw_tx(chain, 56)), (tx, raw_tx(chain, 57)), (cut, marker(600))]  # 64, 65, 66
+    script += [(cut, marker()), (cut, b'{"by": "x"}')]                                # 62, 63 (malformed)
+    script += [(tx, raw_tx(chain, 56)), (tx, raw_tx(chain, 57)), (cut, marker())]     # 64, 65, 66
     seqs = publish_raw(server, script)
     assert seqs == list(range(1, 67))
+    at = stored_times(server, names.stream_name)   # a run's time: when the stream stored its marker
 
     def hashes(*nonces: int) -> tuple[str, ...]:
         return tuple(make_tx(chain, n).hash_hex for n in nonces)
 
     expected = [
         (hashes(1), 42, 1, ()),
-        (hashes(*range(2, 14)), 100, 14, ()),
-        (hashes(*range(14, 26)), 100, 26, ()),
-        (hashes(*range(26, 32)), 100, 32, ()),
-        ((), 300, 36, (("35", "bad_signature"), ("36", "malformed_json"))),
-        (hashes(*range(32, 44)), 400, 49, ()),
-        (hashes(*range(44, 56)), 400, 61, ()),
-        (hashes(56, 57), 500, 65, ()),
+        (hashes(*range(2, 14)), at[2], 14, ()),
+        (hashes(*range(14, 26)), at[2], 26, ()),
+        (hashes(*range(26, 32)), at[2], 32, ()),
+        ((), at[34], 36, (("35", "bad_signature"), ("36", "malformed_json"))),
+        (hashes(*range(32, 44)), at[37], 49, ()),
+        (hashes(*range(44, 56)), at[37], 61, ()),
+        (hashes(56, 57), at[62], 65, ()),
     ]
     a = orderer(server, chain, "nordwerk", start_time_ms=42, max_block_txs=12)
     b = orderer(server, chain, "suedbau", start_time_ms=42, max_block_txs=12)
@@ -185,7 +207,7 @@ def test_bad_messages_are_dropped_by_every_node(server: NatsServer, chain: str) 
     bad_payload = raw_tx(chain, 3, label="x" * 500)          # Anchor.label is at most 200 characters
     garbage = b"\xff\xfe not json"
     bad = [bad_signature(good), garbage, wrong_chain, bad_payload]
-    script = [(names.tx_subject, raw) for raw in bad] + [(names.tx_subject, good), (names.cut_subject, marker(7))]
+    script = [(names.tx_subject, raw) for raw in bad] + [(names.tx_subject, good), (names.cut_subject, marker())]
     publish_raw(server, script)
 
     codes = []
@@ -214,26 +236,26 @@ def test_malformed_cut_markers_are_ignored(server: NatsServer, chain: str) -> No
     names = create_stream(server, chain)
     malformed = [
         b"garbage",
-        b'{"by": "a", "time_ms": 5}',                               # not canonical
-        canonical.encode({"by": "a", "time_ms": 5, "extra": 1}),
+        b'{"by": "a"}',                                             # not canonical
+        canonical.encode({"by": "a", "time_ms": 5}),                # a member may not choose the time
         canonical.encode({"time_ms": 5}),
-        canonical.encode({"by": "", "time_ms": 5}),
-        canonical.encode({"by": "a", "time_ms": "5"}),
-        canonical.encode({"by": "a", "time_ms": -5}),
-        b'{"by":"a","time_ms":5.5}',
+        canonical.encode({"by": ""}),
+        canonical.encode({"by": 5}),
+        b'{"by":"a","x":5.5}',
         canonical.encode([1, 2]),
-        canonical.encode({"by": "a" * 300, "time_ms": 5}),          # larger than any marker
+        canonical.encode({"by": "a" * 300}),                        # larger than any marker
     ]
-    assert all(parse_marker(m) is None for m in malformed) and parse_marker(marker(5)) == 5
-    script = [(names.cut_subject, marker(100)), (names.tx_subject, raw_tx(chain, 1))]
+    assert not any(parse_marker(m) for m in malformed) and parse_marker(marker())
+    script = [(names.cut_subject, marker()), (names.tx_subject, raw_tx(chain, 1))]
     script += [(names.cut_subject, m) for m in malformed]
-    script += [(names.tx_subject, raw_tx(chain, 2)), (names.cut_subject, marker(200))]
+    script += [(names.tx_subject, raw_tx(chain, 2)), (names.cut_subject, marker())]
     publish_raw(server, script)
+    opened_at = stored_times(server, names.stream_name)[1]
     nodes = [orderer(server, chain, org) for org in ("nordwerk", "suedbau")]
     try:
         for o in nodes:
             (batch,) = collect(o, position=len(script) - 1)
-            assert [t.nonce for t in batch.txs] == [1, 2] and batch.time_ms == 100
+            assert [t.nonce for t in batch.txs] == [1, 2] and batch.time_ms == opened_at
             assert batch.dropped == [] and o.depth() == 0
     finally:
         for o in nodes:

@@ -245,6 +245,28 @@ def test_demo_node_key_matches_network_genesis(tmp_path: Path) -> None:
         assert org["node"]["public_key"] == b64(demo_node_key(org["id"]).public_key)
 
 
+def test_block_cutting_is_fixed_by_genesis_not_by_a_node(tmp_path: Path) -> None:
+    """Two nodes with different max_block_txs would cut different blocks: genesis fixes it for all."""
+    from blokauto.contracts.governance import parse_genesis
+    from blokauto.network.local import network_genesis
+    from blokauto.node import NodeConfig, init_ledger
+
+    genesis = network_genesis(3, time_ms=0)
+    assert parse_genesis(genesis).ordering.max_block_txs == genesis["ordering"]["max_block_txs"] == 2000
+    for bad in (0, 100_001, "2000"):
+        with pytest.raises(InputError) as refused:
+            parse_genesis({**genesis, "ordering": {"max_block_txs": bad}})
+        assert refused.value.code == "bad_genesis"
+    with pytest.raises(InputError):
+        parse_genesis({**genesis, "ordering": {"max_block_txs": 10, "cut_every": 5}})
+
+    init_ledger(tmp_path / "n", genesis, "nordwerk", demo_node_key("nordwerk").signing_key)
+    cfg = NetworkConfig(chain=NETWORK_CHAIN, org="nordwerk", servers=["nats://127.0.0.1:1"], max_block_txs=7)
+    with pytest.raises(InputError) as caught:
+        Node(tmp_path / "n", NodeConfig(network=cfg))
+    assert caught.value.code == "bad_network_config" and "genesis" in caught.value.message
+
+
 @pytest.mark.slow
 def test_node_processes_lifecycle(net_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """up / status / stop / start / down with real node processes and a single nats server.

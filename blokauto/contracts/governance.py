@@ -356,14 +356,27 @@ def set_node_key(ctx: Context, p: SetNodeKey) -> None:
 # -- genesis -------------------------------------------------------------------------------
 
 
+DEFAULT_MAX_BLOCK_TXS = 2000
+
+
+class OrderingSpec(Payload):
+    """How a consortium network cuts blocks from its stream's order (ADR 0006). Fixed at genesis:
+    every node must cut the same blocks, and a node replaying the stream cuts long before it has
+    executed what precedes, so a value that governance could change mid-stream would not do."""
+
+    max_block_txs: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = DEFAULT_MAX_BLOCK_TXS
+
+
 class Genesis(Payload):
-    """The founding document: chain id, founding organisations with admin keys, policies."""
+    """The founding document: chain id, founding organisations with admin keys, policies, and the
+    network's block-cutting rule."""
 
     version: int
     chain: Annotated[str, msgspec.Meta(min_length=3, max_length=100, pattern=r"^[a-z0-9][a-z0-9./_-]*$")]
     time_ms: Annotated[int, msgspec.Meta(ge=0)]
     orgs: Annotated[list[OrgSpec], msgspec.Meta(min_length=1, max_length=200)]
     policies: dict[str, int | bool | str] = msgspec.field(default_factory=dict)
+    ordering: OrderingSpec = msgspec.field(default_factory=OrderingSpec)
 
 
 def parse_genesis(doc: Any) -> Genesis:

@@ -39,7 +39,9 @@ class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     chain: Annotated[str, msgspec.Meta(min_length=3, max_length=100, pattern=r"^[a-z0-9][a-z0-9./_-]*$")]
     org: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     servers: Annotated[list[str], msgspec.Meta(min_length=1)]
-    max_block_txs: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
+    # Block cutting is network-wide and set by genesis (``ordering.max_block_txs``); a value here is
+    # only a cross-check, refused when it differs. How soon a node asks for a cut is its own.
+    max_block_txs: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
     cut_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 50
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
     tls: TlsConfig | None = None

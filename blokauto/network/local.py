@@ -35,6 +35,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
+from blokauto.contracts.governance import DEFAULT_MAX_BLOCK_TXS
 from blokauto.demo import DEMO_ORGS, demo_genesis, demo_member, demo_node_key
 from blokauto.errors import BlokError, InputError, NetworkError
 from blokauto.network.config import NetworkConfig, write_network_config
@@ -391,6 +392,7 @@ def network_genesis(orgs: int, time_ms: int | None = None) -> dict[str, Any]:
     genesis = demo_genesis(time_ms=time_ms, chain=NETWORK_CHAIN)
     genesis["orgs"] = genesis["orgs"][:orgs]
     genesis["policies"]["checkpoint.quorum"] = orgs // 2 + 1
+    genesis["ordering"] = {"max_block_txs": DEFAULT_MAX_BLOCK_TXS}   # every node cuts blocks by this
     return genesis
 
 

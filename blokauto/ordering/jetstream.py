@@ -3,13 +3,16 @@
 Why this shape: JetStream's Raft replicates the log, so no node can rewrite or stop it; blocks are
 cut from the log's content alone (transaction runs between cut markers, split every
 ``max_block_txs`` messages), so every node that reads the same messages cuts the same blocks with
-the same times, without talking to the others.
+the same times, without talking to the others. A block's time is the time the stream stored the
+marker that opened its run at (stamped by the stream leader, replicated by Raft): no member, not
+even the one that published the marker, chooses it, and a marker carries nothing else that
+matters, so a stray or forged marker can at worst end a block early.
 
 Position semantics (what a node commits as ``meta.stream_seq``): ``Batch.position`` is the stream
 sequence of the block's last *transaction* message (accepted or dropped); the marker that closes a
 block is **not** included. A node restarted with ``start_after=position`` and
 ``start_time_ms=<that block's time>`` therefore reads first either the closing marker, which opens
-the next run with the marker's own time exactly as before, or (after a split at ``max_block_txs``)
+the next run with the marker's stored time exactly as before, or (after a split at ``max_block_txs``)
 the rest of the same run, whose time is that block's time. Had the position included the closing
 marker, the restarted node would have to know that marker's time, which the block does not carry.
 
@@ -96,26 +99,34 @@ def check_message(raw: bytes, chain: str) -> SignedTx:
     return tx
 
 
-def parse_marker(data: bytes) -> int | None:
-    """The time of a well-formed cut marker, or None: a malformed one is ignored by every node."""
+def parse_marker(data: bytes) -> bool:
+    """Is this a well-formed cut marker, ``{"by": org}``? A malformed one is ignored by every node.
+
+    A marker carries no time: the block it opens takes the time the stream stored the marker at
+    (:func:`stored_time_ms`), which no member can choose."""
     if len(data) > MAX_MARKER_BYTES:
-        return None
+        return False
     try:
         doc = canonical.decode(data)
     except Exception:  # anything unparsable is simply not a marker
-        return None
-    if type(doc) is not dict or set(doc) != {"by", "time_ms"}:
-        return None
-    by, time_ms = doc["by"], doc["time_ms"]
-    if type(by) is not str or not by or type(time_ms) is not int:
-        return None
-    if not 0 <= time_ms <= canonical.MAX_SAFE_INTEGER:
-        return None
-    return time_ms
+        return False
+    return type(doc) is dict and set(doc) == {"by"} and type(doc["by"]) is str and bool(doc["by"])
 
 
-def marker_body(org_id: str, time_ms: int) -> bytes:
-    return canonical.encode({"by": org_id, "time_ms": time_ms})
+def marker_body(org_id: str) -> bytes:
+    return canonical.encode({"by": org_id})
+
+
+def stored_time_ms(reply: str) -> int:
+    """The time (ms) the stream stored a delivered message at, from its JetStream ack subject.
+
+    The stream leader stamps each message once and Raft replicates the stamp with it, so every
+    consumer on every server reads the same value: a block time all nodes agree on and that no
+    member (only the ordering service's clock) sets. Integer nanoseconds, never a float."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:                    # $JS.ACK.<stream>.<consumer>.<dlv>.<sseq>.<cseq>.<ns>.<pending>
+        return int(tokens[7]) // 1_000_000
+    return int(tokens[Msg.Ack.Timestamp]) // 1_000_000   # with domain and account hash
 
 
 @dataclass
@@ -129,14 +140,15 @@ class BlockCutter:
     tx_subject: str
     cut_subject: str
     max_block_txs: int
-    run_time_ms: int                     # time of the marker that opened the current run
+    run_time_ms: int                     # stored time of the marker that opened the current run
     txs: list[SignedTx] = field(default_factory=list)
     dropped: list[tuple[str, str]] = field(default_factory=list)
     open_msgs: int = 0                   # transaction messages in the open chunk
     last_tx_seq: int = 0
 
-    def feed(self, seq: int, subject: str, data: bytes) -> tuple[Batch, int] | None:
-        """Take the next message; returns a closed block and its message count when one closes."""
+    def feed(self, seq: int, subject: str, data: bytes, stored_ms: int = 0) -> tuple[Batch, int] | None:
+        """Take the next message (with the time the stream stored it at); returns a closed block and
+        its message count when one closes."""
         if subject == self.tx_subject:
             try:
                 self.txs.append(check_message(data, self.chain))
@@ -151,12 +163,11 @@ class BlockCutter:
                 return self._close()
             return None
         if subject == self.cut_subject:
-            time_ms = parse_marker(data)
-            if time_ms is None:
+            if not parse_marker(data):
                 log.warning("ignoring malformed cut marker at stream sequence %d", seq)
                 return None
             closed = self._close() if self.open_msgs else None
-            self.run_time_ms = time_ms
+            self.run_time_ms = stored_ms
             return closed
         return None
 
@@ -454,7 +465,7 @@ class JetStreamOrderer:
             return
         self._expected = seq + 1
         self._received += 1
-        self._raw.put((seq, msg.subject, msg.data, meta.num_pending))
+        self._raw.put((seq, msg.subject, msg.data, meta.num_pending, stored_time_ms(msg.reply)))
 
     def _on_status(self, msg: Msg, headers: dict[str, str]) -> None:
         if headers["Status"] != "100":
@@ -524,10 +535,10 @@ class JetStreamOrderer:
                                f"(a copy with other signatures); resubmit after {DUPLICATE_WINDOW_S:.0f} s",
                                code="duplicate_conflict", http_status=409)
 
-    async def _publish_marker(self, last_seq: int, time_ms: int) -> None:
+    async def _publish_marker(self, last_seq: int) -> None:
         assert self._js is not None
         try:
-            await self._js.publish(self.cut_subject, marker_body(self.org_id, time_ms), timeout=REQUEST_TIMEOUT_S,
+            await self._js.publish(self.cut_subject, marker_body(self.org_id), timeout=REQUEST_TIMEOUT_S,
                                    headers={"Nats-Msg-Id": f"cut:{last_seq}",
                                             "Nats-Expected-Stream": self.stream_name})
         except Exception as exc:  # retried on the cutter's next tick
@@ -580,10 +591,10 @@ class JetStreamOrderer:
             if item is _STOP:
                 return
             if item is not None:
-                seq, subject, data, pending = item
+                seq, subject, data, pending, stored_ms = item
                 self._caught_up = pending == 0
                 was_open = cutter.open_msgs
-                closed = cutter.feed(seq, subject, data)
+                closed = cutter.feed(seq, subject, data, stored_ms)
                 if subject != self.tx_subject:
                     self._consumed += 1               # markers and strays are in no block
                 if closed is not None:
@@ -613,7 +624,7 @@ class JetStreamOrderer:
         return False
 
     def _maybe_cut(self) -> None:
-        """Publish ``{"by", "time_ms"}`` once transactions have waited ``cut_interval_s`` unmarked.
+        """Publish a marker ``{"by"}`` once transactions have waited ``cut_interval_s`` unmarked.
 
         Only when caught up with the stream, so a node replaying history does not cut the live tail
         with markers for positions long past."""
@@ -629,4 +640,4 @@ class JetStreamOrderer:
         loop = self._loop
         if loop is not None and not self._closing.is_set():
             self._keep(asyncio.run_coroutine_threadsafe(
-                self._publish_marker(cutter.last_tx_seq, int(time.time() * 1000)), loop))
+                self._publish_marker(cutter.last_tx_seq), loop))
