@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,41 @@ def test_bench_quick_json_runs_the_real_path() -> None:
     data = report["vehicle_data"]
     assert data["ingested"] >= 57_600 and data["baseline"]["batches"] > 0
     assert any(line.startswith("vehicle data: telematics ingestion") for line in data["lines"])
+
+
+def test_reports_ledger_is_kept_resumed_and_checked(tmp_path: Path) -> None:
+    """--reports-data: an interrupted build resumes where it stopped and makes the same log as an
+    uninterrupted one; a kept ledger is measured again without rebuilding; another size is refused."""
+    from blokauto import demo
+    from blokauto.bench_reports import build_fleet, fleet_plan, run_report_bench
+    from blokauto.errors import InputError
+    from blokauto.ledger.chain import Header
+    from blokauto.ledger.store import Store
+    from blokauto.node import init_ledger
+
+    assert len(fleet_plan(60, 3)) == 4                           # one block per round for a small fleet
+    genesis = demo.demo_genesis(time_ms=1_600_000_000_000)
+    whole, pieces = tmp_path / "whole", tmp_path / "pieces"
+    for data in (whole, pieces):
+        init_ledger(data, genesis, demo.OPERATOR_ORG, demo.demo_node_key(demo.OPERATOR_ORG).signing_key)
+    assert build_fleet(whole, 60, 3, lambda _m: None) == 240
+    assert build_fleet(pieces, 60, 3, lambda _m: None, max_blocks=2) == 120     # interrupted after 2 blocks
+    assert build_fleet(pieces, 60, 3, lambda _m: None) == 240                   # resumed: the other 2
+    roots = []
+    for data in (whole, pieces):
+        store = Store(data)
+        try:
+            block = store.get_block(4, store.writer)
+            assert block is not None and store.get_block(5, store.writer) is None
+            roots.append(Header.decode(block[1]).log_root)       # same blocks, same leaves
+        finally:
+            store.close()
+    assert roots[0] == roots[1]
+
+    first = run_report_bench(60, 3, samples=5, data_dir=whole)   # an unlabelled ledger: finishes the build
+    assert first["log_size"] == 240 and len(first["report_ms"]) == 5
+    again = run_report_bench(60, 3, samples=5, data_dir=whole)
+    assert again["build_s"] == 0 and again["log_size"] == 240 and "built by an earlier run" in again["lines"][0]
+    with pytest.raises(InputError) as refused:
+        run_report_bench(61, 3, samples=5, data_dir=whole)
+    assert refused.value.code == "bench_data_mismatch"
