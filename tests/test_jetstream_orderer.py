@@ -232,6 +232,20 @@ def test_bad_messages_are_dropped_by_every_node(server: NatsServer, chain: str) 
             o.close()
 
 
+def test_own_checked_submissions_are_not_checked_twice(chain: str) -> None:
+    """A node's cutter reuses the checks the node ran before publishing; bytes it did not check itself
+    (another node's submission, a rogue publisher's) get the full checks."""
+    cutter = jetstream.BlockCutter(chain, "tx", "cut", max_block_txs=10, run_time_ms=0)
+    own = make_tx(chain, 1)
+    cutter.checked[hashlib.sha256(own.raw).digest()] = own
+    cutter.feed(1, "tx", own.raw)
+    assert cutter.txs == [own] and cutter.txs[0] is own and not cutter.checked
+    cutter.feed(2, "tx", own.raw)                     # a replayed copy: checked again (the nonce rule refuses it)
+    assert cutter.txs[1] is not own and cutter.txs[1].raw == own.raw
+    cutter.feed(3, "tx", bad_signature(raw_tx(chain, 2)))
+    assert cutter.dropped == [("3", "bad_signature")]
+
+
 def test_malformed_cut_markers_are_ignored(server: NatsServer, chain: str) -> None:
     names = create_stream(server, chain)
     malformed = [
