@@ -311,7 +311,7 @@ class Node:
         head = self.ledger.head
         if self.cosigner is None:
             return {"mode": "solo", "org": self.org_id, "height": head.height,
-                    "final": {"height": head.height, "signers": []}, "conflicts": []}
+                    "final": {"height": head.height, "signers": []}, "conflicts": [], "diverged": None}
         latest = self.cosigner.latest_final()
         final = None
         if latest is not None:
@@ -319,6 +319,7 @@ class Node:
         return {"mode": "network", "org": self.org_id, "height": head.height, "final": final,
                 "stream_seq": int(self.store.get_meta("stream_seq") or b"0"),
                 "conflicts": self.cosigner.conflicts(), "quorum": self.checkpoint_quorum(),
+                "diverged": self.cosigner.outvoted,
                 "offchain": None if self.replicator is None else self.replicator.status()}
 
     def start(self) -> Node:
@@ -484,6 +485,15 @@ class Node:
     def _run(self) -> None:
         cfg = self.config
         while not self._stop.is_set():
+            if self.cosigner is not None and self.cosigner.outvoted is not None:
+                out = self.cosigner.outvoted
+                error = StorageError(f"a quorum of organisations ({', '.join(out['signers'])}) signed another "
+                                     f"checkpoint than this node's at height {out['height']}: this node's state "
+                                     "diverged, so it stops committing (see GET /v1/network)", code="diverged")
+                log.critical(error.message)
+                self._fatal = error
+                self._fail_waiting(error)
+                return
             try:
                 batch = self.orderer.next_batch(cfg.max_block_txs, cfg.idle_wait_s)
             except BlokError as exc:   # the order is gone under our position: never guess, stop committing

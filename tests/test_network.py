@@ -238,6 +238,24 @@ def test_a_tampered_node_is_detected_and_named(network: dict[str, Any]) -> None:
     converge(network, ["nordwerk", "kestrel-parts"])                # the honest two still finalise
     status = views(network)
     assert status[victim][1] != status["nordwerk"][1]
+    # outvoted by a quorum, the tampered node knows it is the one that diverged and stops committing
+    deadline = time.time() + 30
+    while True:
+        with Client(network["urls"][victim]) as c:
+            info, stopped = c._json("GET", "/v1/network"), c.status()
+        if info["diverged"] is not None and not stopped["healthy"]:
+            break
+        assert time.time() < deadline, f"the tampered node did not stop: {info['diverged']}, {stopped}"
+        time.sleep(0.2)
+    signers = info["diverged"]["signers"]
+    assert len(signers) == 2 and {org for org in ("nordwerk", "kestrel-parts") for n in signers if org in n} == \
+        {"nordwerk", "kestrel-parts"}
+    with pytest.raises(BlokError) as refused:
+        anchor(Client(network["urls"][victim], demo_admin(victim)), "on a diverged node")
+    assert refused.value.code == "node_failed"
+    assert anchor(honest, "after the divergence")["status"] == "ok"   # the others go on without it
+    converge(network, ["nordwerk", "kestrel-parts"])
+    assert views(network)[victim][0] < views(network)["nordwerk"][0]
 
 
 def test_a_new_organisation_joins_syncs_and_cosigns(network: dict[str, Any]) -> None:

@@ -192,6 +192,11 @@ class Cosigner:
         self._max_own = self._db.execute("SELECT coalesce(max(height), -1) FROM own_checkpoints").fetchone()[0]
         row = self._db.execute("SELECT height, note FROM final_checkpoints ORDER BY height DESC LIMIT 1").fetchone()
         self._latest = (int(row[0]), str(row[1])) if row else None
+        self.outvoted: dict[str, Any] | None = None    # set once a quorum signed another checkpoint than ours
+        for (height,) in self._db.execute("SELECT DISTINCT height FROM checkpoint_conflicts ORDER BY height"):
+            self._check_outvoted(int(height), max(1, int(quorum())), self._db)
+            if self.outvoted is not None:
+                break
 
     # ------------------------------------------------------------------ public API
 
@@ -708,6 +713,8 @@ class Cosigner:
                 if cur.rowcount:
                     log.error("checkpoint conflict: %s signed a different checkpoint", name,
                               extra={"org": self.org_id, "height": height, "signer": name})
+            if self.outvoted is None:
+                self._check_outvoted(height, self._quorum, self._write())
             return False
         added = False
         for sig in sigs:
@@ -716,6 +723,20 @@ class Cosigner:
                 h.lines[ident] = sig.to_line()
                 added = True
         return added
+
+    def _check_outvoted(self, height: int, quorum: int, db: sqlite3.Connection) -> None:
+        """A quorum of organisations signed one checkpoint for ``height`` and it is not ours: that
+        checkpoint is the network's, so this node's state is the one that diverged. It must stop
+        committing (the node halts on :attr:`outvoted`) rather than keep building on a wrong root."""
+        by_text: dict[str, set[str]] = {}
+        for signer, note in db.execute("SELECT signer, note FROM checkpoint_conflicts WHERE height=?", (height,)):
+            by_text.setdefault(parse_note(str(note))[0], set()).add(str(signer))
+        for signers in by_text.values():
+            if len(signers) >= quorum:
+                self.outvoted = {"height": height, "signers": sorted(signers), "quorum": quorum}
+                log.critical("a quorum signed another checkpoint than ours: this node diverged and stops",
+                             extra={"org": self.org_id, "height": height, "signers": sorted(signers)})
+                return
 
     # ------------------------------------------------------------------ sending
 
