@@ -141,7 +141,10 @@ def seed_vehicledata(node: Node, now_ms: int | None = None) -> VehicleDataSummar
         odometer = end
     send.strict(batches)
     send.one(insurer, "insurance.premium", {"vin": vin, "period": 0})
-    send.one(device, "vehicle.odometer", {"vin": vin, "odometer_km": odometer // 1_000, "at_ms": now - 2 * HOUR_MS})
+    # after the car's latest recorded reading (the fleet's last service may be dated within the hour),
+    # or the reading would be a late entry that must lie between its neighbours
+    read_at = max(now - 2 * HOUR_MS, car["odometer_at_ms"] + 1)
+    send.one(device, "vehicle.odometer", {"vin": vin, "odometer_km": odometer // 1_000, "at_ms": read_at})
     record = edr.sample_record(vin, device, now - HOUR_MS, braking=True, impact_kmh=41, seed=2026)
     signed = edr.sign_record(device, record)
     receipt = send.one(device, "crash.deposit", {"vin": vin, "record_hash": signed.record_hash,
