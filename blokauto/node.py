@@ -183,7 +183,10 @@ class Node:
         if self.config.network is not None:
             try:
                 self._start_network(self.config.network)
-            except BaseException:
+            except BaseException:   # what started before the failure stops with it
+                for part in (self.orderer, self.replicator, self.cosigner):
+                    if part is not None:
+                        part.close()
                 self.store.close()
                 raise
         self._lock = threading.Lock()
