@@ -60,8 +60,10 @@ def test_reports_ledger_is_kept_resumed_and_checked(tmp_path: Path) -> None:
 
     first = run_report_bench(60, 3, samples=5, data_dir=whole)   # an unlabelled ledger: finishes the build
     assert first["log_size"] == 240 and len(first["report_ms"]) == 5
-    again = run_report_bench(60, 3, samples=5, data_dir=whole)
+    again = run_report_bench(60, 3, samples=5, data_dir=whole, seed=7)
     assert again["build_s"] == 0 and again["log_size"] == 240 and "built by an earlier run" in again["lines"][0]
+    assert again["seed"] == 7 and "not read before (seed 7)" in again["lines"][1]   # a kept ledger is measured cold
+    assert len(again["report_warm_ms"]) == 5
     with pytest.raises(InputError) as refused:
         run_report_bench(61, 3, samples=5, data_dir=whole)
     assert refused.value.code == "bench_data_mismatch"

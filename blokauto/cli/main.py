@@ -298,6 +298,8 @@ def bench(
         help="Keep the reports ledger in this directory: built (or resumed) once, measured on every run. "
              "The target is stated at 1,000,000 vehicles and 20,000,000 events (--report-vehicles 1000000 "
              "--report-events 19: ~45 GB).")] = None,
+    report_seed: Annotated[int | None, typer.Option(
+        help="Seed that picks the vehicles to measure (default: a fresh one, so a kept ledger is read cold).")] = None,
     network: Annotated[bool | None, typer.Option(help="Also measure a local 3-node network (default: on, "
                                                       "off with --quick).")] = None,
     network_n: Annotated[int, typer.Option(help="Transactions for the network run.")] = 20_000,
@@ -320,7 +322,8 @@ def bench(
         from blokauto.bench_reports import run_report_bench
 
         results["reports"] = run_report_bench(50 if quick else report_vehicles, 9 if quick else report_events,
-                                              samples=40 if quick else 300, log=say, data_dir=reports_data)
+                                              samples=40 if quick else 300, log=say, data_dir=reports_data,
+                                              seed=report_seed)
     if parts:
         from blokauto.bench_parts import run_parts_bench
 
