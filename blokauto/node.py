@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +62,7 @@ class NodeConfig:
     final_wait_s: float = 2.0    # how long a proof waits for its checkpoint to be cosigned by a quorum
     state_cache_entries: int = STATE_CACHE_ENTRIES   # the committer's caches: bounded, so memory stays flat
     tree_cache_nodes: int = TREE_CACHE_NODES
+    prewarm: bool = True         # read the log's node table into the OS page cache at start (proofs read it)
 
 
 def write_node_key(data_dir: Path, org_id: str, name: str, key: SigningKey) -> None:
@@ -197,6 +199,8 @@ class Node:
         self._fatal: BaseException | None = None
         self._procs: ProcessPoolExecutor | None = None
         self.commit_listeners: list[Any] = []
+        self.prewarmed = threading.Event()   # set when the start-up prewarm ended (or was not asked for)
+        self.prewarm_result: tuple[int, float] | None = None   # (bytes read, seconds)
         metrics.HEIGHT.set(self.ledger.head.height)
         metrics.LOG_SIZE.set(self.ledger.head.log_size)
 
@@ -329,7 +333,23 @@ class Node:
         if self._committer is None:
             self._committer = threading.Thread(target=self._run, name="committer", daemon=True)
             self._committer.start()
+            if self.config.prewarm:
+                threading.Thread(target=self._prewarm, name="prewarm", daemon=True).start()
+            else:
+                self.prewarmed.set()
         return self
+
+    def _prewarm(self) -> None:
+        started = time.perf_counter()
+        try:
+            read = self.store.prewarm()
+            self.prewarm_result = (read, time.perf_counter() - started)
+            log.info("prewarmed the log's node table", extra={"bytes": read,
+                                                               "seconds": round(self.prewarm_result[1], 3)})
+        except sqlite3.Error as exc:   # only a speed-up: a node that cannot prewarm still serves
+            log.warning("prewarm failed: %s", exc)
+        finally:
+            self.prewarmed.set()
 
     def close(self) -> None:
         self._stop.set()
