@@ -418,3 +418,26 @@ def test_prewarm_reads_the_whole_log_node_table(env: Env) -> None:
     root = env.node.ledger.head.log_root
     assert rows > 0 and store.prewarm() == 32 * rows
     assert env.node.ledger.head.log_root == root
+
+
+def test_leaf_hash_index_is_built_for_a_ledger_written_before_it(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """A ledger from before the covering index ``leaves_lh`` gets it on open, and proofs then fold
+    the low log levels through it to the same hashes."""
+    from blokauto.ledger.log import node_id
+    from blokauto.ledger.store import Store
+
+    for i in range(20):
+        anchor(env, f"old {i}", i + 1)
+    store = env.node.store
+    size = env.node.ledger.head.log_size
+    wanted = [node_id(level, index) for level in range(4) for index in range(size >> level)]
+    before = store.get_log_nodes(wanted)
+    store.writer.execute("DROP INDEX leaves_lh")
+    with caplog.at_level("INFO", logger="blokauto.ledger.store"):
+        reopened = Store(env.node.data_dir)
+    try:
+        assert "building the leaf-hash index" in caplog.text
+        assert reopened.writer.execute("SELECT 1 FROM sqlite_master WHERE name = 'leaves_lh'").fetchone()
+        assert reopened.get_log_nodes(wanted, reopened.writer) == before and len(before) == len(wanted)
+    finally:
+        reopened.close()
