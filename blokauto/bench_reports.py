@@ -282,7 +282,8 @@ def _report_bench(data: Path, vehicles: int, events: int, samples: int, say: Cal
         f"{db_bytes / 2**20:,.0f} MB on disk, "
         + (f"built in {build_s:,.0f} s ({size / build_s:,.0f} tx/s)" if build_s else "built by an earlier run")
         + ("" if prewarm is None else
-           f"; the node's start-up prewarm read its log nodes ({prewarm[0] / 2**20:,.0f} MB) in {prewarm[1]:.1f} s"),
+           f"; the node's start-up prewarm read its log nodes and leaf hashes ({prewarm[0] / 2**20:,.0f} MB) "
+           f"in {prewarm[1]:.1f} s"),
         f"report JSON bundle of one vehicle ({per_vehicle} events, all proofs), node side, {samples} vehicles "
         f"not read before (seed {seed}): p50 {statistics.median(report_ms):.1f} ms, "
         f"p99 {percentile(report_ms, 0.99):.1f} ms (target p99 <= 20 ms)"

@@ -63,6 +63,7 @@ class NodeConfig:
     state_cache_entries: int = STATE_CACHE_ENTRIES   # the committer's caches: bounded, so memory stays flat
     tree_cache_nodes: int = TREE_CACHE_NODES
     prewarm: bool = True         # read the log's node table into the OS page cache at start (proofs read it)
+    prewarm_leaf_hashes: bool = True   # ... and the leaf-hash index (~45 bytes a leaf; off if that is too much)
 
 
 def write_node_key(data_dir: Path, org_id: str, name: str, key: SigningKey) -> None:
@@ -342,9 +343,9 @@ class Node:
     def _prewarm(self) -> None:
         started = time.perf_counter()
         try:
-            read = self.store.prewarm()
+            read = self.store.prewarm(leaf_hashes=self.config.prewarm_leaf_hashes)
             self.prewarm_result = (read, time.perf_counter() - started)
-            log.info("prewarmed the log's node table", extra={"bytes": read,
+            log.info("prewarmed the log's nodes and leaf hashes", extra={"bytes": read,
                                                                "seconds": round(self.prewarm_result[1], 3)})
         except sqlite3.Error as exc:   # only a speed-up: a node that cannot prewarm still serves
             log.warning("prewarm failed: %s", exc)

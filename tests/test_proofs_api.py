@@ -409,14 +409,16 @@ def test_store_folds_unstored_low_log_nodes_from_leaves(env: Env) -> None:
 
 
 def test_prewarm_reads_the_whole_log_node_table(env: Env) -> None:
-    """Node start reads the stored log nodes once (into the OS page cache, for proofs on a ledger
-    larger than memory): every stored hash, 32 bytes each, and nothing about the ledger changes."""
+    """Node start reads the stored log nodes and the leaf-hash index once (into the OS page cache,
+    for proofs on a ledger larger than memory): every stored hash, 32 bytes each; nothing changes."""
     for i in range(40):
         anchor(env, f"warm {i}", i + 1)
     store = env.node.store
     rows = store.writer.execute("SELECT count(*) FROM log_nodes").fetchone()[0]
+    size = env.node.ledger.head.log_size
     root = env.node.ledger.head.log_root
-    assert rows > 0 and store.prewarm() == 32 * rows
+    assert rows > 0 and store.prewarm(leaf_hashes=False) == 32 * rows
+    assert store.prewarm() == 32 * (rows + size)           # and every leaf hash through the index
     assert env.node.ledger.head.log_root == root
 
 
