@@ -63,7 +63,7 @@ def bench_ledger(raws: list[bytes], work: Path, genesis: dict[str, Any]) -> dict
         # one (as a steady client would), so the node never idles and the bench itself holds at most
         # two slices of receipts: RSS, read at each quarter, is then the node's own memory.
         slice_size = max(1, min(5_000, -(-len(raws) // 4)))
-        quarters = {min(len(raws), -(-len(raws) * q // 4)) for q in range(1, 5)}
+        quarters = sorted({min(len(raws), -(-len(raws) * q // 4)) for q in range(1, 5)})
         gc.collect()
         rss = [rss_mb()]
         ok = 0
@@ -74,7 +74,7 @@ def bench_ledger(raws: list[bytes], work: Path, genesis: dict[str, Any]) -> dict
             current = node.submit_many(raws[start:end])
             ok += sum(1 for f in previous if f.result()["status"] == "ok")
             previous = current
-            rss.extend(rss_mb() for q in sorted(quarters) if start < q <= end)
+            rss.extend(rss_mb() for q in quarters if start < q <= end)
         ok += sum(1 for f in previous if f.result()["status"] == "ok")
         elapsed = time.perf_counter() - started
         height = node.ledger.head.height

@@ -253,6 +253,7 @@ def _report_bench(data: Path, vehicles: int, events: int, samples: int, say: Cal
         picks = [fleet_vin(rng.randrange(vehicles)) for _ in range(samples)]
         http_picks = [fleet_vin(rng.randrange(vehicles)) for _ in range(samples // 2)]
         summary_picks = [fleet_vin(rng.randrange(vehicles)) for _ in range(samples)]
+        http_summary_picks = [fleet_vin(rng.randrange(vehicles)) for _ in range(samples // 2)]
         it = iter(picks)
         read_before = disk_read_bytes()
         report_ms = timed(lambda: json.dumps(build_bundle(node.store, next(it), keys, quorum)).encode(), samples)
@@ -270,9 +271,9 @@ def _report_bench(data: Path, vehicles: int, events: int, samples: int, say: Cal
             it_h = iter(http_picks)
             http_report_ms = timed(lambda: tc.get(f"/v1/vehicles/{next(it_h)}/report", headers=headers)
                                    .raise_for_status(), len(http_picks))
-            it_h2 = iter(summary_picks)
+            it_h2 = iter(http_summary_picks)
             http_summary_ms = timed(lambda: tc.get(f"/v1/vehicles/{next(it_h2)}/summary").raise_for_status(),
-                                    samples // 2)
+                                    len(http_summary_picks))
         big = json.loads(json.dumps(build_bundle(node.store, picks[0], keys, quorum)))
         verify_ms = timed(lambda: verify_bundle(big, keys, quorum), 50)
         db_bytes = sum(p.stat().st_size for p in data.glob("ledger.sqlite*"))

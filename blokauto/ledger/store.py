@@ -316,7 +316,7 @@ class Store:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            # the stored leaf hash (32 bytes, before the leaf in the row) spares reading and hashing the leaf;
+            # the stored leaf hashes, through the covering index (the leaf rows are never read);
             # `blokauto verify` recomputes every stored leaf hash from its leaf
             for idx, lh in conn.execute(f"SELECT idx, lh FROM leaves INDEXED BY leaves_lh WHERE idx IN ({marks})",
                                         chunk):
