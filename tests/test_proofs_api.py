@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
+import sys
 from itertools import combinations_with_replacement
 from typing import Any
 
@@ -420,6 +422,90 @@ def test_prewarm_reads_the_whole_log_node_table(env: Env) -> None:
     assert rows > 0 and store.prewarm(leaf_hashes=False) == 32 * rows
     assert store.prewarm() == 32 * (rows + size)           # and every leaf hash through the index
     assert env.node.ledger.head.log_root == root
+
+
+def test_log_nodes_kept_in_memory_match_the_tree_as_it_grows(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upper log levels are kept in memory after the prewarm: every proof node read through
+    that cache is the full tree's, also for subtrees completed after the cache was filled."""
+    from blokauto.crypto.merkle import leaf_hash
+    from blokauto.ledger import store as store_module
+    from blokauto.ledger.log import LogAppender, node_id
+
+    monkeypatch.setattr(store_module, "LOG_CACHE_MIN_LEVEL", store_module.LOG_MIN_LEVEL)
+    store = env.node.store
+    for i in range(21):
+        anchor(env, f"cache {i}", i + 1)
+    store.prewarm()
+    kept = len(store._log_node_cache)
+    assert kept == store.writer.execute("SELECT count(*) FROM log_nodes").fetchone()[0] > 0
+    for i in range(21, 45):   # more blocks: nodes incomplete at the prewarm are complete now
+        anchor(env, f"cache {i}", i + 1)
+    size = env.node.ledger.head.log_size
+    full = dict(LogAppender().append([leaf_hash(leaf) for _, _, leaf in store.iter_leaves(0, size)]))
+    wanted = [node_id(level, index) for level in range(size.bit_length()) for index in range(size >> level)]
+    assert store.get_log_nodes(wanted) == {i: full[i] for i in wanted}
+    assert len(store._log_node_cache) > kept    # and those were kept as they were read
+
+
+@pytest.mark.parametrize("slices", [1, 3, 16])
+def test_prewarm_covers_every_key_range(env: Env, monkeypatch: pytest.MonkeyPatch, slices: int) -> None:
+    """However the prewarm cuts the tables into ranges for its threads, it reads every stored hash
+    exactly once."""
+    from blokauto.ledger import store as store_module
+
+    for i in range(45):
+        anchor(env, f"ranges {i}", i + 1)
+    monkeypatch.setattr(store_module, "PREWARM_SLICES", slices)
+    store = env.node.store
+    rows = store.writer.execute("SELECT count(*) FROM log_nodes").fetchone()[0]
+    size = env.node.ledger.head.log_size
+    assert store.prewarm(threads=3) == 32 * (rows + size)
+
+
+def test_leaves_read_by_several_threads_are_the_leaves(env: Env) -> None:
+    """A report reads its leaves fanned out over threads with their own connections: the same
+    bytes as one query, for any set of committed indexes."""
+    import random
+
+    for i in range(30):
+        anchor(env, f"fan {i}", i + 1)
+    store = env.node.store
+    size = env.node.ledger.head.log_size
+    rng = random.Random(7)
+    for count in (0, 1, 3, 4, 17, size):
+        picked = rng.sample(range(size), count)
+        assert store.get_leaves(picked, fan_out=True) == store.get_leaves(picked)
+    assert set(store.get_leaves(list(range(size)), fan_out=True)) == set(range(size))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_serving_connections_are_advised_random_reads(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection of a serving node asks the kernel for no read-ahead on the database file
+    (a cold lookup must not wait behind megabytes of read-ahead); the audit's does not."""
+    from blokauto.ledger.store import Store, _open_fds
+
+    advised: list[int] = []
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert (offset, length, advice) == (0, 0, os.POSIX_FADV_RANDOM)
+        advised.append(fd)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    db = env.node.data_dir / "ledger.sqlite"
+    serving = Store(env.node.data_dir)
+    try:
+        serving.reader().execute("SELECT 1").fetchone()
+        assert advised and set(advised) == _open_fds(db)   # the descriptors of both its connections
+        assert all(os.readlink(f"/proc/self/fd/{fd}") == str(db.resolve()) for fd in advised)
+    finally:
+        serving.close()
+    advised.clear()
+    audit = Store(env.node.data_dir, random_access=False)
+    try:
+        audit.reader().execute("SELECT 1").fetchone()
+        assert advised == []
+    finally:
+        audit.close()
 
 
 def test_leaf_hash_index_is_built_for_a_ledger_written_before_it(env: Env, caplog: pytest.LogCaptureFixture) -> None:

@@ -147,7 +147,7 @@ def verify(
     from blokauto.ledger.store import Store
     from blokauto.node import genesis_known_keys
 
-    store = Store(data)
+    store = Store(data, random_access=False)   # the audit reads the whole file: read-ahead helps it
     try:
         stored = store.get_meta("genesis")
         trusted = json.loads(genesis.read_text()) if genesis else None

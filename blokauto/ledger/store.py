@@ -8,9 +8,12 @@ connection, which in WAL mode sees the last committed block and never blocks the
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,24 @@ log = logging.getLogger(__name__)
 LOG_MIN_LEVEL = 4
 _LOG_INDEX_BITS = 48
 
+# Stored log nodes never change (a node is stored once its subtree is complete), so the upper
+# levels, which every inclusion proof reads, are kept in memory (filled by the prewarm, and as
+# read): level 10 and up, or fewer levels on a log of over 32 million leaves, so that at most
+# ~64k nodes are kept. At 20 million leaves that is 15 of the 21 stored levels (~39,000 nodes,
+# ~6 MB), and a 20-event report fetches ~120 rows instead of ~340.
+LOG_CACHE_MIN_LEVEL = 10
+LOG_CACHE_MAX_NODES = 1 << 17
+
+# The prewarm reads its tables in this many key ranges each, this many at a time.
+PREWARM_SLICES = 16
+PREWARM_THREADS = 8
+
+# Leaves read for one report are spread over this many threads, at least this many leaves each;
+# each thread keeps a connection with a small page cache (the OS page cache does the caching).
+FAN_OUT_THREADS = 8
+FAN_OUT_MIN_BATCH = 2
+FAN_OUT_CACHE_KIB = 1_024
+
 # State-tree nodes get sequential ids; 32 consecutive nodes share one row (a fixed 113-byte slot
 # each, leaves zero-padded), so a block writes ~5 rows per 32 changed keys instead of ~5 per key.
 SMT_CHUNK_BITS = 5
@@ -89,7 +110,9 @@ READER_CACHE_KIB = 8_192      # each API thread has a reader; dozens of 64 MiB c
 
 
 def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL",
-            cache_kib: int | None = None) -> sqlite3.Connection:
+            cache_kib: int | None = None, random_access: bool = False) -> sqlite3.Connection:
+    """A connection to the node's database. ``random_access`` tells the kernel not to read ahead
+    on the file (see :func:`_advise_random`): right for b-tree lookups, wrong for a scan front to back."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
     else:
@@ -101,20 +124,64 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL",
     conn.execute(f"PRAGMA cache_size=-{int(kib)}")
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.execute("PRAGMA mmap_size=0")
+    if random_access:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()   # the file is open now
+        # SQLite does not expose its descriptor (and may hand a new connection the descriptor of a
+        # closed one), so every descriptor this process has on the file is advised: a process that
+        # serves opens all its connections this way; `blokauto verify` opens none.
+        _advise_random(_open_fds(path))
     return conn
+
+
+def _open_fds(path: Path) -> set[int]:
+    """This process's descriptors open on ``path`` (Linux: /proc/self/fd); empty where unknown."""
+    if not sys.platform.startswith("linux"):
+        return set()
+    target = str(Path(path).resolve())
+    found = set()
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return set()
+    for name in names:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == target:
+                found.add(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def _advise_random(fds: set[int]) -> None:
+    """POSIX_FADV_RANDOM: a page the disk must give is read alone, with no read-ahead around it.
+
+    A cold proof or state lookup reads a few scattered pages. Without this advice the kernel reads
+    16 KiB around each and marks a page of it; when a later lookup touches a marked page (state-tree
+    chunks are written side by side) it takes the reader for a sequential one and reads ahead, up
+    to ``read_ahead_kb`` (8 MiB on the machines we measured on): several milliseconds that a report
+    waiting for one 4 KiB page pays for. Linux starts that read-ahead from a marked page even on a
+    descriptor advised random, so every connection of a serving node is advised: then no marks are
+    made. Only ``blokauto verify``, which reads the whole file front to back, wants read-ahead."""
+    for fd in fds:
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        except (AttributeError, OSError):
+            return
 
 
 class Store:
     """The node's database. ``synchronous=FULL`` also survives power loss, NORMAL survives kill -9."""
 
-    def __init__(self, data_dir: Path, *, synchronous: str = "NORMAL", create: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, synchronous: str = "NORMAL", create: bool = False,
+                 random_access: bool = True) -> None:
         self.path = Path(data_dir) / DB_FILE
         if not create and not self.path.exists():
             raise StorageError(f"no ledger at {data_dir} (run 'blokauto init --data {data_dir}' first)",
                                code="no_ledger")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._synchronous = synchronous
-        self.writer = connect(self.path, synchronous=synchronous)
+        self._random_access = random_access   # False for a reader of the whole file (see _advise_random)
+        self.writer = connect(self.path, synchronous=synchronous, random_access=random_access)
         if self.writer.execute("SELECT 1 FROM sqlite_master WHERE name = 'leaves'").fetchone() and \
                 not self.writer.execute("SELECT 1 FROM sqlite_master WHERE name = 'leaves_lh'").fetchone():
             log.info("building the leaf-hash index leaves_lh (once, for a ledger written before it existed)")
@@ -122,6 +189,9 @@ class Store:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._fan_out: ThreadPoolExecutor | None = None
+        self._log_node_cache: dict[int, bytes] = {}   # see LOG_CACHE_MIN_LEVEL
+        self._log_cache_level = LOG_CACHE_MIN_LEVEL
 
     # -- connections -----------------------------------------------------------------------
 
@@ -129,7 +199,7 @@ class Store:
         """This thread's read connection (WAL snapshot of the last committed block)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, readonly=True)
+            conn = connect(self.path, readonly=True, random_access=self._random_access)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -142,7 +212,8 @@ class Store:
             return
         self.writer.execute("PRAGMA wal_autocheckpoint=0")
         self._stop_checkpoints = threading.Event()
-        conn = connect(self.path, synchronous=self._synchronous, cache_kib=2_048)   # checkpoints only
+        conn = connect(self.path, synchronous=self._synchronous, cache_kib=2_048,   # checkpoints only
+                       random_access=self._random_access)
 
         def run() -> None:
             try:
@@ -154,20 +225,60 @@ class Store:
         self._checkpointer = threading.Thread(target=run, name="wal-checkpointer", daemon=True)
         self._checkpointer.start()
 
-    def prewarm(self, leaf_hashes: bool = True) -> int:
-        """Read what every inclusion proof reads at random once, front to back, so the OS page cache
-        holds it (PostgreSQL's pg_prewarm does this for a table): the log's stored nodes (about 4 bytes
-        per leaf) and, with ``leaf_hashes``, the covering index ``leaves_lh`` (about 45 bytes per leaf:
-        ~900 MB at 20 million leaves, read sequentially in seconds). On a ledger larger than memory
-        each of those reads would otherwise wait for the disk. Returns the hash bytes it read."""
-        conn = connect(self.path, readonly=True, cache_kib=256)
+    def prewarm(self, leaf_hashes: bool = True, threads: int = PREWARM_THREADS) -> int:
+        """Read what every inclusion proof reads at random once, so the OS page cache holds it
+        (PostgreSQL's pg_prewarm does this for a table): the log's stored nodes (about 4 bytes per
+        leaf) and, with ``leaf_hashes``, the covering index ``leaves_lh`` (about 45 bytes per leaf:
+        ~900 MB at 20 million leaves). On a ledger larger than memory each of those reads would
+        otherwise wait for the disk. Returns the hash bytes it read.
+
+        The pages are read without read-ahead (the tables' pages lie among everything else in the
+        file: read-ahead would read the whole file, and leave marks in the page cache that start
+        more read-ahead under later lookups), in key ranges by several threads at once, so the
+        disk has several reads to work on (SQLite releases the GIL while it reads)."""
+        conn = connect(self.path, readonly=True, cache_kib=256, random_access=True)
         try:
-            total = conn.execute("SELECT total(length(hash)) FROM log_nodes").fetchone()[0] or 0
-            if leaf_hashes:
-                total += conn.execute("SELECT total(length(lh)) FROM leaves INDEXED BY leaves_lh").fetchone()[0] or 0
-            return int(total)
+            head = int(conn.execute("SELECT coalesce(max(idx) + 1, 0) FROM leaves").fetchone()[0])
         finally:
             conn.close()
+        ranges: list[tuple[str, int, int]] = []
+        level = LOG_MIN_LEVEL
+        while head >> level:
+            count = head >> level
+            step = max(1, -(-count // PREWARM_SLICES))
+            for first in range(0, count, step):
+                ranges.append(("SELECT total(length(hash)) FROM log_nodes WHERE id >= ? AND id < ?",
+                               level << _LOG_INDEX_BITS | first,
+                               level << _LOG_INDEX_BITS | min(count, first + step)))
+            level += 1
+        if leaf_hashes:
+            step = max(1, -(-head // PREWARM_SLICES))
+            for first in range(0, head, step):
+                ranges.append(("SELECT total(length(lh)) FROM leaves INDEXED BY leaves_lh WHERE idx >= ? AND idx < ?",
+                               first, min(head, first + step)))
+
+        def read(item: tuple[str, int, int]) -> int:
+            conn = connect(self.path, readonly=True, cache_kib=256, random_access=True)
+            try:
+                return int(conn.execute(item[0], item[1:]).fetchone()[0] or 0)
+            finally:
+                conn.close()
+
+        with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="prewarm") as pool:
+            total = sum(pool.map(read, ranges))
+        self._fill_log_node_cache(head)
+        return total
+
+    def _fill_log_node_cache(self, log_size: int) -> None:
+        level = max(LOG_CACHE_MIN_LEVEL, log_size.bit_length() - 15)
+        conn = connect(self.path, readonly=True, cache_kib=256, random_access=True)
+        try:
+            rows = conn.execute("SELECT id, hash FROM log_nodes WHERE id >= ? LIMIT ?",
+                                (level << _LOG_INDEX_BITS, LOG_CACHE_MAX_NODES)).fetchall()
+        finally:
+            conn.close()
+        self._log_cache_level = level
+        self._log_node_cache.update((int(i), bytes(h)) for i, h in rows)
 
     def close(self) -> None:
         checkpointer = getattr(self, "_checkpointer", None)
@@ -175,6 +286,10 @@ class Store:
             self._stop_checkpoints.set()
             checkpointer.join(timeout=30)
             self._checkpointer = None
+        with self._readers_lock:
+            fan_out, self._fan_out = self._fan_out, None
+        if fan_out is not None:
+            fan_out.shutdown(wait=True)
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -297,12 +412,21 @@ class Store:
         folded from their leaves. Ids that are not stored (or not complete) are absent."""
         found: dict[int, bytes] = {}
         c = self._conn(conn)
-        stored = [i for i in ids if i >> _LOG_INDEX_BITS >= LOG_MIN_LEVEL]
+        cache = self._log_node_cache
+        stored = []
+        for i in ids:
+            if i >> _LOG_INDEX_BITS >= LOG_MIN_LEVEL:
+                if (digest := cache.get(i)) is not None:
+                    found[i] = digest
+                else:
+                    stored.append(i)
         for start in range(0, len(stored), 500):
             chunk = stored[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for node_id, digest in c.execute(f"SELECT id, hash FROM log_nodes WHERE id IN ({marks})", chunk):
                 found[node_id] = bytes(digest)
+                if node_id >> _LOG_INDEX_BITS >= self._log_cache_level and len(cache) < LOG_CACHE_MAX_NODES:
+                    cache[node_id] = found[node_id]
         low = [i for i in ids if i >> _LOG_INDEX_BITS < LOG_MIN_LEVEL]
         if low:
             found.update(self._fold_low_log_nodes(low, c))
@@ -377,11 +501,38 @@ class Store:
             "SELECT idx FROM subjects WHERE subject = ? AND idx > ? ORDER BY idx LIMIT ?", (subject, after, limit))
         return [int(r[0]) for r in rows]
 
-    def get_leaves(self, indexes: Sequence[int],
-                   conn: sqlite3.Connection | None = None) -> dict[int, tuple[int, bytes, bytes]]:
-        """(height, txhash, leaf) for each of ``indexes``, in one query per 500."""
+    def get_leaves(self, indexes: Sequence[int], conn: sqlite3.Connection | None = None, *,
+                   fan_out: bool = False) -> dict[int, tuple[int, bytes, bytes]]:
+        """(height, txhash, leaf) for each of ``indexes``, in one query per 500.
+
+        With ``fan_out`` up to :data:`FAN_OUT_THREADS` threads read them at once, each through its
+        own connection, so the disk waits of a ledger larger than memory overlap (one vehicle's
+        events lie far apart in the log: about two page reads each). Only for leaves the caller's
+        snapshot already holds: a leaf never changes once committed, so a newer snapshot reads the
+        same bytes."""
+        if fan_out:
+            return self.read_committed_leaves(indexes)()
+        return self._read_leaves(indexes, self._conn(conn))
+
+    def read_committed_leaves(self, indexes: Sequence[int]) -> Callable[[], dict[int, tuple[int, bytes, bytes]]]:
+        """Start reading committed leaves on the fan-out threads (see :meth:`get_leaves`); the
+        returned function waits for them. The caller works on meanwhile (a report builds its state
+        proof while its leaves come from the disk)."""
+        ordered = sorted(indexes)
+        step = max(FAN_OUT_MIN_BATCH, -(-len(ordered) // FAN_OUT_THREADS))
+        pool = self._fan_out_pool()
+        parts = [pool.submit(self._read_leaves_fanned, ordered[k : k + step]) for k in range(0, len(ordered), step)]
+
+        def wait() -> dict[int, tuple[int, bytes, bytes]]:
+            found: dict[int, tuple[int, bytes, bytes]] = {}
+            for part in parts:
+                found.update(part.result())
+            return found
+
+        return wait
+
+    def _read_leaves(self, indexes: Sequence[int], c: sqlite3.Connection) -> dict[int, tuple[int, bytes, bytes]]:
         found: dict[int, tuple[int, bytes, bytes]] = {}
-        c = self._conn(conn)
         for start in range(0, len(indexes), 500):
             chunk = list(indexes[start : start + 500])
             marks = ",".join("?" * len(chunk))
@@ -389,6 +540,21 @@ class Store:
                     f"SELECT idx, height, txhash, leaf FROM leaves WHERE idx IN ({marks})", chunk):
                 found[int(idx)] = (int(height), bytes(txhash), bytes(leaf))
         return found
+
+    def _read_leaves_fanned(self, indexes: list[int]) -> dict[int, tuple[int, bytes, bytes]]:
+        conn: sqlite3.Connection | None = getattr(self._local, "fan_out_conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True, cache_kib=FAN_OUT_CACHE_KIB, random_access=self._random_access)
+            self._local.fan_out_conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return self._read_leaves(indexes, conn)
+
+    def _fan_out_pool(self) -> ThreadPoolExecutor:
+        with self._readers_lock:
+            if self._fan_out is None:
+                self._fan_out = ThreadPoolExecutor(max_workers=FAN_OUT_THREADS, thread_name_prefix="leaf-reader")
+            return self._fan_out
 
     def iter_leaves(self, start: int, end: int,
                     conn: sqlite3.Connection | None = None) -> Iterator[tuple[int, int, bytes]]:

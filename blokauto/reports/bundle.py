@@ -65,14 +65,23 @@ def build_bundle(store: Store, vin: str, keys: list[str], quorum: int,
 
 
 def _build(store: Store, vin: str, keys: list[str], quorum: int, conn: sqlite3.Connection) -> dict[str, Any]:
+    head = store.get_block(store.head_height(conn), conn)
+    if head is None:
+        raise NotFound("the ledger has no blocks", code="no_blocks")
+    size = int(canonical.decode(head[1])["log_size"])
+    indexes = [i for i in store.subject_leaves(f"vin:{vin}", conn, limit=MAX_EVENTS * 4) if i < size]
+    # On a ledger larger than memory each leaf is a disk read or two: they go first, on the
+    # store's reader threads, and come back while the state proof and the log nodes are built
+    # here (the proof nodes of every leaf naming the VIN: a superset of what the bundle proves).
+    leaves_read = store.read_committed_leaves(indexes)
     state = proofs._build_state_proof(store, vehicle_state_key(vin), conn)
     record = state["value"]
     if record is None:
+        leaves_read()
         raise NotFound(f"no vehicle {vin} is registered", code="unknown_vehicle")
     checkpoint = state["checkpoint"]
-    size = int(state["header"]["log_size"])
-    indexes = [i for i in store.subject_leaves(f"vin:{vin}", conn, limit=MAX_EVENTS * 4) if i < size]
-    rows = store.get_leaves(indexes, conn)
+    nodes = _log_nodes_for(store, indexes, size, conn)
+    rows = leaves_read()
     chain: dict[str, tuple[int, dict[str, Any], bytes]] = {}     # tx hash -> (index, event, leaf bytes)
     evidence: list[int] = []
     for index in indexes:
@@ -104,18 +113,9 @@ def _build(store: Store, vin: str, keys: list[str], quorum: int, conn: sqlite3.C
     leaf_bytes_of = {index: leaf for index, _, leaf in chain.values()}
     for index in evidence:
         leaf_bytes_of[index] = rows[index][2]
-
-    # every proof's node ids first (a dry run), then one batched read for all of them
-    wanted: set[int] = set()
-
-    def record(ids: list[int]) -> dict[int, bytes]:
-        wanted.update(ids)
-        return dict.fromkeys(ids, bytes(32))
-
-    everything = [*ordered, *evidence]
-    for index in everything:
-        inclusion_proof(record, index, size)
-    nodes = store.get_log_nodes(sorted(wanted), conn)
+    unindexed = sorted(set(ordered) - set(indexes))   # leaves found by their hash above
+    if unindexed:
+        nodes.update(_log_nodes_for(store, unindexed, size, conn))
 
     def proof_of(index: int) -> dict[str, Any]:
         path = inclusion_proof(lambda ids: nodes, index, size)
@@ -132,6 +132,20 @@ def _build(store: Store, vin: str, keys: list[str], quorum: int, conn: sqlite3.C
         "keys": keys,
         "quorum": quorum,
     }
+
+
+def _log_nodes_for(store: Store, indexes: Iterable[int], size: int, conn: sqlite3.Connection) -> dict[int, bytes]:
+    """Every log node the inclusion proofs of ``indexes`` at ``size`` need, in one batched read
+    (the node ids come from a dry run of the proofs)."""
+    wanted: set[int] = set()
+
+    def record(ids: list[int]) -> dict[int, bytes]:
+        wanted.update(ids)
+        return dict.fromkeys(ids, bytes(32))
+
+    for index in indexes:
+        inclusion_proof(record, index, size)
+    return store.get_log_nodes(sorted(wanted), conn)
 
 
 def bundle_hash(bundle: dict[str, Any]) -> str:
