@@ -32,6 +32,7 @@ from blokauto.ledger.tx import SignedTx, decode_batch, sign_tx
 from blokauto.node import Node, NodeConfig, init_ledger, read_node_key
 from blokauto.reports.bundle import build_bundle, verify_bundle
 from blokauto.reports.history import public_summary
+from blokauto.reports.parts import vehicle_recalls
 from blokauto.vin import with_check_digit
 
 Log = Callable[[str], None] | None
@@ -261,7 +262,12 @@ def _report_bench(data: Path, vehicles: int, events: int, samples: int, say: Cal
         it = iter(picks)      # the same vehicles again: what their pages in memory leave
         warm_ms = timed(lambda: json.dumps(build_bundle(node.store, next(it), keys, quorum)).encode(), samples)
         it_s = iter(summary_picks)
-        summary_ms = timed(lambda: public_summary(node.read_state(f"vehicle/{(v := next(it_s))}"), v), samples)
+        def vin_check() -> dict[str, Any]:   # what GET /v1/vehicles/{vin}/summary answers, recalls included
+            vin = next(it_s)
+            record = node.read_state(f"vehicle/{vin}")
+            return public_summary(record, vin, None if record is None else vehicle_recalls(node.store, record))
+
+        summary_ms = timed(vin_check, samples)
         with TestClient(create_app(node)) as tc:
             owner = demo.demo_admin("kba-registry")   # a registry member may read every report
             from blokauto.client import Client
