@@ -474,8 +474,8 @@ def test_leaves_read_by_several_threads_are_the_leaves(env: Env) -> None:
     rng = random.Random(7)
     for count in (0, 1, 3, 4, 17, size):
         picked = rng.sample(range(size), count)
-        assert store.get_leaves(picked, fan_out=True) == store.get_leaves(picked)
-    assert set(store.get_leaves(list(range(size)), fan_out=True)) == set(range(size))
+        assert store.read_committed_leaves(picked)() == store.get_leaves(picked)
+    assert set(store.read_committed_leaves(list(range(size)))()) == set(range(size))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")

@@ -501,23 +501,19 @@ class Store:
             "SELECT idx FROM subjects WHERE subject = ? AND idx > ? ORDER BY idx LIMIT ?", (subject, after, limit))
         return [int(r[0]) for r in rows]
 
-    def get_leaves(self, indexes: Sequence[int], conn: sqlite3.Connection | None = None, *,
-                   fan_out: bool = False) -> dict[int, tuple[int, bytes, bytes]]:
-        """(height, txhash, leaf) for each of ``indexes``, in one query per 500.
-
-        With ``fan_out`` up to :data:`FAN_OUT_THREADS` threads read them at once, each through its
-        own connection, so the disk waits of a ledger larger than memory overlap (one vehicle's
-        events lie far apart in the log: about two page reads each). Only for leaves the caller's
-        snapshot already holds: a leaf never changes once committed, so a newer snapshot reads the
-        same bytes."""
-        if fan_out:
-            return self.read_committed_leaves(indexes)()
+    def get_leaves(self, indexes: Sequence[int],
+                   conn: sqlite3.Connection | None = None) -> dict[int, tuple[int, bytes, bytes]]:
+        """(height, txhash, leaf) for each of ``indexes``, in one query per 500."""
         return self._read_leaves(indexes, self._conn(conn))
 
     def read_committed_leaves(self, indexes: Sequence[int]) -> Callable[[], dict[int, tuple[int, bytes, bytes]]]:
-        """Start reading committed leaves on the fan-out threads (see :meth:`get_leaves`); the
-        returned function waits for them. The caller works on meanwhile (a report builds its state
-        proof while its leaves come from the disk)."""
+        """Start reading leaves on up to :data:`FAN_OUT_THREADS` threads, each with its own
+        connection; the returned function waits for them and gives what :meth:`get_leaves` gives.
+
+        On a ledger larger than memory each leaf of a vehicle is a disk wait or two (its events lie
+        far apart in the log): the waits overlap, and the caller works on meanwhile (a report builds
+        its state proof). Only for leaves the caller's snapshot already holds: a leaf never changes
+        once committed, so the threads' newer snapshots read the same bytes."""
         ordered = sorted(indexes)
         step = max(FAN_OUT_MIN_BATCH, -(-len(ordered) // FAN_OUT_THREADS))
         pool = self._fan_out_pool()
