@@ -163,6 +163,7 @@ def _compare_tables(store: Store, replay: Store, head: int, report: AuditReport)
         ("leaves", "idx", "lh", "stored leaf hash"),
         ("subjects", "subject || '#' || printf('%020d', idx)", "idx", "subject index entry"),
         ("ix", "k", "v", "consensus index entry"),
+        ("facets", "facet || char(0) || value || char(0) || k", "k", "list-filter index entry"),
         ("blocks", "height", "state_root_id", "block state-tree pointer"),
     ):
         query = f"SELECT {key_col}, {value_col} FROM {table} ORDER BY {key_col}"
