@@ -33,6 +33,7 @@ from blokauto.node import Node, NodeConfig, init_ledger, read_node_key
 from blokauto.reports.bundle import build_bundle, verify_bundle
 from blokauto.reports.history import public_summary
 from blokauto.reports.parts import vehicle_recalls
+from blokauto.reports.queries import list_vehicles
 from blokauto.vin import with_check_digit
 
 Log = Callable[[str], None] | None
@@ -268,6 +269,16 @@ def _report_bench(data: Path, vehicles: int, events: int, samples: int, say: Cal
             return public_summary(record, vin, None if record is None else vehicle_recalls(node.store, record))
 
         summary_ms = timed(vin_check, samples)
+        # a member's filtered vehicle list, one page of 50 from a random cursor: filters taken from
+        # records drawn with the seed (the fleet's makers, years, statuses)
+        list_picks = [node.read_state(f"vehicle/{fleet_vin(rng.randrange(vehicles))}") or {}
+                      for _ in range(samples // 3)]
+        list_args = [({"maker": r.get("maker")}, {"status": r.get("status"), "year": r.get("year")},
+                      {"maker": r.get("maker"), "model": r.get("model"), "powertrain": r.get("powertrain")})[n % 3]
+                     for n, r in enumerate(list_picks)]
+        it_l = iter(list_args)
+        list_ms = timed(lambda: list_vehicles(node.store, next(it_l), fleet_vin(rng.randrange(vehicles)), 50),
+                        len(list_args))
         with TestClient(create_app(node)) as tc:
             owner = demo.demo_admin("kba-registry")   # a registry member may read every report
             from blokauto.client import Client
@@ -302,10 +313,13 @@ def _report_bench(data: Path, vehicles: int, events: int, samples: int, say: Cal
         f"p50 {statistics.median(http_report_ms):.1f} ms, p99 {percentile(http_report_ms, 0.99):.1f} ms",
         f"public VIN check: p50 {statistics.median(summary_ms):.3f} ms, p99 {percentile(summary_ms, 0.99):.3f} ms "
         f"(target p99 <= 2 ms); through the HTTP API: p99 {percentile(http_summary_ms, 0.99):.2f} ms",
+        f"vehicle list (members), a filtered page of 50 from a random cursor (maker; status and year; maker, "
+        f"model and powertrain): p50 {statistics.median(list_ms):.2f} ms, p99 {percentile(list_ms, 0.99):.2f} ms",
         f"offline verification of a {len(big['events'])}-event bundle: p50 {statistics.median(verify_ms):.1f} ms, "
         f"p99 {percentile(verify_ms, 0.99):.1f} ms (target for 50 events <= 50 ms)",
     ]
     return {"vehicles": vehicles, "events_per_vehicle": per_vehicle, "log_size": size, "db_bytes": db_bytes,
             "build_s": build_s, "seed": seed, "report_ms": report_ms, "report_warm_ms": warm_ms,
             "summary_ms": summary_ms, "verify_ms": verify_ms,
-            "http_report_ms": http_report_ms, "http_summary_ms": http_summary_ms, "lines": lines}
+            "http_report_ms": http_report_ms, "http_summary_ms": http_summary_ms, "list_ms": list_ms,
+            "lines": lines}
