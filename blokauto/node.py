@@ -41,7 +41,7 @@ from blokauto.ledger.chain import (
     parse_block_extension,
 )
 from blokauto.ledger.state import nonce_key
-from blokauto.ledger.store import Store
+from blokauto.ledger.store import DB_FILE, Store
 from blokauto.ledger.tx import MAX_TX_BYTES, SignedTx, decode_batch, encode_batch, parse_tx, verify_tx_signatures
 from blokauto.offchain.store import BlobStore
 from blokauto.ordering.base import Batch
@@ -85,13 +85,10 @@ def read_node_key(data_dir: Path) -> tuple[str, CheckpointSigner]:
         raise StorageError(f"node key {path} is unreadable: {exc}", code="bad_node_key") from None
 
 
-def init_ledger(data_dir: Path, genesis: dict[str, Any], org_id: str, node_key: SigningKey,
-                synchronous: str = "NORMAL", *, joining: bool = False) -> None:
-    """Create a new data directory holding block 0 of ``genesis``, run by ``org_id``'s node.
-
-    ``joining``: the organisation is not a founder; the consortium admits it (with this node key)
-    by a governance transaction, which the node will replay like every other block."""
-    data_dir = Path(data_dir)
+def _node_key_name(data_dir: Path, genesis: dict[str, Any], org_id: str, node_key: SigningKey,
+                   joining: bool) -> str:
+    """The checkpoint key name of ``org_id``'s node, after checking the genesis names this key and
+    that ``data_dir`` holds no ledger yet."""
     parsed = governance.parse_genesis(genesis)
     org = next((o for o in parsed.orgs if o.id == org_id), None)
     if org is None and not joining:
@@ -99,10 +96,20 @@ def init_ledger(data_dir: Path, genesis: dict[str, Any], org_id: str, node_key: 
                          code="bad_genesis")
     if org is not None and (org.node is None or org.node.public_key != b64(bytes(node_key.verify_key))):
         raise InputError(f"the genesis does not name this node key for {org_id}", code="bad_genesis")
-    key_name = org.node.name if org is not None and org.node is not None else f"{parsed.chain}/{org_id}"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if (data_dir / NODE_KEY_FILE).exists() or (data_dir / "ledger.sqlite").exists():
+    if (data_dir / NODE_KEY_FILE).exists() or (data_dir / DB_FILE).exists():
         raise StorageError(f"{data_dir} already holds a ledger", code="ledger_exists")
+    return org.node.name if org is not None and org.node is not None else f"{parsed.chain}/{org_id}"
+
+
+def init_ledger(data_dir: Path, genesis: dict[str, Any], org_id: str, node_key: SigningKey,
+                synchronous: str = "NORMAL", *, joining: bool = False) -> None:
+    """Create a new data directory holding block 0 of ``genesis``, run by ``org_id``'s node.
+
+    ``joining``: the organisation is not a founder; the consortium admits it (with this node key)
+    by a governance transaction, which the node will replay like every other block."""
+    data_dir = Path(data_dir)
+    key_name = _node_key_name(data_dir, genesis, org_id, node_key, joining)
+    data_dir.mkdir(parents=True, exist_ok=True)
     write_node_key(data_dir, org_id, key_name, node_key)
     store = Store(data_dir, create=True, synchronous=synchronous)
     try:
@@ -111,6 +118,91 @@ def init_ledger(data_dir: Path, genesis: dict[str, Any], org_id: str, node_key: 
     finally:
         store.close()
     (data_dir / "genesis.json").write_bytes(canonical.encode(genesis) + b"\n")
+
+
+def write_snapshot(data_dir: Path, out: Path) -> dict[str, int]:
+    """Copy a node's database to ``out`` with SQLite's online backup: a consistent copy at a block
+    boundary, taken while the node runs. Returns the copy's height and log size."""
+    out = Path(out)
+    if out.exists():
+        raise InputError(f"{out} exists: give a new file", code="snapshot_exists")
+    source = Store(data_dir)
+    try:
+        partial = out.with_name(out.name + ".partial")
+        partial.unlink(missing_ok=True)
+        target = sqlite3.connect(partial)
+        try:
+            source.reader().backup(target)
+        finally:
+            target.close()
+        partial.rename(out)
+    finally:
+        source.close()
+    return _snapshot_head(out)
+
+
+def _snapshot_head(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        raise InputError(f"no snapshot file {path}", code="no_snapshot")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT height, header FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+            seq = conn.execute("SELECT v FROM meta WHERE k = 'stream_seq'").fetchone()
+        finally:
+            conn.close()
+        if row is None:
+            raise StorageError(f"{path} holds no blocks", code="bad_snapshot")
+        return {"height": int(row[0]), "log_size": int(canonical.decode(bytes(row[1]))["log_size"]),
+                "stream_seq": int(seq[0]) if seq else 0}
+    except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"{path} is not a ledger snapshot: {exc}", code="bad_snapshot") from None
+
+
+def init_from_snapshot(data_dir: Path, snapshot: Path, genesis: dict[str, Any], org_id: str,
+                       node_key: SigningKey, *, joining: bool = False,
+                       progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+    """Create ``org_id``'s data directory from another node's snapshot instead of from block 0.
+
+    Nothing in the snapshot is trusted: its genesis must be ``genesis`` byte for byte, and the full
+    audit replays every block from genesis and compares every stored byte before this node may use
+    it; a snapshot that fails leaves no ledger behind. The node then continues from the snapshot's
+    position in the ordering stream (a network node), checking every later block like any other; a
+    snapshot whose history the consortium did not sign shows as a conflicting checkpoint at the
+    next block. Off-chain data (``offchain/``) is not in the snapshot: it arrives again from the
+    BLOBS stream, or copy that directory too."""
+    from blokauto.ledger.audit import audit
+
+    data_dir = Path(data_dir)
+    key_name = _node_key_name(data_dir, genesis, org_id, node_key, joining)
+    head = _snapshot_head(Path(snapshot))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = data_dir / DB_FILE
+    try:
+        source = sqlite3.connect(f"file:{snapshot}?mode=ro", uri=True)
+        target = sqlite3.connect(db)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        store = Store(data_dir, random_access=False)   # the audit reads the whole file
+        try:
+            report = audit(store, load_all(), governance.apply_genesis, genesis_known_keys(genesis),
+                           genesis=genesis, progress=progress)
+        finally:
+            store.close()
+        if not report.ok:
+            raise StorageError(f"the snapshot fails the audit from height {report.first_bad_height}: "
+                               f"{report.problems[0] if report.problems else 'see blokauto verify'}",
+                               code="bad_snapshot")
+    except BaseException:
+        for leftover in data_dir.glob(DB_FILE + "*"):
+            leftover.unlink()
+        raise
+    write_node_key(data_dir, org_id, key_name, node_key)
+    (data_dir / "genesis.json").write_bytes(canonical.encode(genesis) + b"\n")
+    return head
 
 
 class TicketBatch:

@@ -314,3 +314,72 @@ def test_a_new_organisation_joins_syncs_and_cosigns(network: dict[str, Any]) -> 
         del network["urls"][joiner]
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_new_organisation_starts_from_a_snapshot(network: dict[str, Any],
+                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A joining node need not replay the stream from its start: it starts from a member's snapshot
+    (taken while that node runs), audited in full, goes on from the snapshot's stream position, and
+    cosigns with the others."""
+    import json
+    import subprocess
+    import sys
+
+    import msgspec
+
+    from blokauto.crypto.keys import b64
+    from blokauto.demo import DEMO_ORGS, demo_node_key, node_key_name
+    from blokauto.network.config import load_network_config, write_network_config
+    from blokauto.node import init_from_snapshot, write_snapshot
+
+    directory, chain, joiner = network["dir"], network["state"]["chain"], "alpina-insurance"
+    spec = next(o for o in DEMO_ORGS if o["id"] == joiner)
+    proposer = Client(network["urls"]["nordwerk"], demo_admin("nordwerk"))
+    proposal = proposer.submit("gov.propose", {"action": {"kind": "admit_org", "org": {
+        "id": joiner, "name": spec["name"], "roles": spec["roles"], "admins": [demo_admin(joiner).did],
+        "node": {"name": node_key_name(chain, joiner), "public_key": b64(demo_node_key(joiner).public_key)}}}})
+    assert proposal["status"] == "ok", proposal
+    for voter in ("kestrel-parts", "werkstatt-berg"):   # a majority of the four organisations now
+        vote = Client(network["urls"]["nordwerk"], demo_admin(voter)).submit("gov.vote", {"proposal": proposal["tx"]})
+        assert vote["status"] == "ok", vote
+    assert Client(network["urls"]["nordwerk"], demo_admin("nordwerk")).state(f"id/node/{joiner}")["value"], \
+        "the organisation was not admitted"
+    assert anchor(proposer, "before the snapshot")["status"] == "ok"
+    converge(network, ["nordwerk", "kestrel-parts"])
+    snap = tmp_path_factory.mktemp("snapshot") / "nordwerk.sqlite"
+    head = write_snapshot(directory / "nodes" / "nordwerk", snap)   # nordwerk's node keeps running
+    assert head["stream_seq"] > 0
+    data = directory / "nodes" / joiner
+    started = init_from_snapshot(data, snap, json.loads((directory / "genesis.json").read_text()), joiner,
+                                 demo_node_key(joiner).signing_key, joining=True)
+    assert started == head
+    template = load_network_config(directory / "nodes" / "nordwerk" / "network.json")
+    write_network_config(data / "network.json", msgspec.structs.replace(template, org=joiner, api_url=None))
+    port = local._free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "blokauto.cli.main", "serve", "--data", str(data), "--port",
+                             str(port), "--network", str(data / "network.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        network["urls"][joiner] = f"http://127.0.0.1:{port}"
+        assert anchor(proposer, "after the snapshot")["status"] == "ok"
+        deadline = time.time() + 60
+        while True:
+            try:
+                height, _ = converge(network, ["nordwerk", "kestrel-parts", joiner], timeout_s=5)
+                break
+            except (AssertionError, BlokError):
+                assert time.time() < deadline, "the node started from the snapshot did not catch up"
+        assert height > head["height"]
+        assert anchor(proposer, "cosigned by the new node")["status"] == "ok"
+        deadline = time.time() + 30
+        while True:
+            info = Client(network["urls"]["nordwerk"])._json("GET", "/v1/network")
+            if info["final"] and info["final"]["height"] > height and \
+                    node_key_name(chain, joiner) in info["final"]["signers"]:
+                break
+            assert time.time() < deadline, info
+            time.sleep(0.2)
+    finally:
+        del network["urls"][joiner]
+        proc.terminate()
+        proc.wait(timeout=30)

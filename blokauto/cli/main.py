@@ -69,6 +69,9 @@ def init(
     org: Annotated[str | None, typer.Option(help="With --genesis: the organisation running this node.")] = None,
     node_key: Annotated[Path | None, typer.Option(help="With --genesis: keystore of this node's key.")] = None,
     joining: Annotated[bool, typer.Option(help="With --genesis: an organisation admitted after genesis.")] = False,
+    from_snapshot: Annotated[Path | None, typer.Option(
+        help="With --genesis: start from another node's snapshot (blokauto snapshot), audited in full first, "
+             "instead of from block 0.")] = None,
     password_env: PasswordEnv = "BLOKAUTO_PASSWORD",
     fleet: Annotated[int, typer.Option("--fleet", min=0,
                                        help="With --demo: sample vehicles with a history (0: none).")] = 300,
@@ -95,8 +98,35 @@ def init(
         doc = canonical.decode(canonical.encode(json.loads(genesis.read_text())))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read genesis {genesis}: {exc}", code="bad_genesis") from None
-    init_ledger(data, doc, org, read_keystore(node_key, password_from(password_env)), joining=joining)
+    signing_key = read_keystore(node_key, password_from(password_env))
+    if from_snapshot is not None:
+        from rich.progress import Progress
+
+        from blokauto.node import init_from_snapshot
+
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("auditing the snapshot", total=None)
+            head = init_from_snapshot(data, from_snapshot, doc, org, signing_key, joining=joining,
+                                      progress=lambda h, top: bar.update(task, completed=h + 1, total=top + 1))
+        out.print(f"[green]ledger created[/] in {data} for {org} from the snapshot: height {head['height']}, "
+                  f"{head['log_size']} transactions, every block re-executed and compared; a network node "
+                  f"continues from stream position {head['stream_seq']}")
+        return
+    init_ledger(data, doc, org, signing_key, joining=joining)
     out.print(f"[green]ledger created[/] in {data} for {org}")
+
+
+@app.command()
+def snapshot(
+    data: DataOpt,
+    out_file: Annotated[Path, typer.Option("--out", help="The snapshot file to write (must not exist).")],
+) -> None:
+    """Copy a node's ledger (also while it runs) for another node to start from: blokauto init --from-snapshot."""
+    from blokauto.node import write_snapshot
+
+    head = write_snapshot(data, out_file)
+    out.print(f"[green]snapshot written[/] to {out_file}: height {head['height']}, {head['log_size']} transactions, "
+              f"stream position {head['stream_seq']}")
 
 
 @app.command()
