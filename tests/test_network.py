@@ -383,3 +383,40 @@ def test_a_new_organisation_starts_from_a_snapshot(network: dict[str, Any],
         del network["urls"][joiner]
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_node_behind_a_purged_stream_comes_back_from_a_snapshot(
+        network: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A node down while the stream dropped what it had not read (a retention limit, a purge) refuses
+    to go on with a hole in its history; a member's snapshot, audited in full, brings it back."""
+    import json
+
+    from blokauto.demo import demo_node_key
+    from blokauto.node import init_from_snapshot, write_snapshot
+
+    directory, chain, member = network["dir"], network["state"]["chain"], "kestrel-parts"
+    assert local.stop_process(directory, member)
+    proposer = Client(network["urls"]["nordwerk"], demo_admin("nordwerk"))
+    for i in range(3):
+        assert anchor(proposer, f"while {member} is down {i}")["status"] == "ok"
+
+    async def purge() -> None:      # keep only the newest message, as a retention limit would
+        nc = await nats.connect(network["state"]["nats"][0]["url"])
+        await nc.jetstream().purge_stream(f"BLOKAUTO_{stream_id(chain)}", keep=1)
+        await nc.close()
+
+    asyncio.run(purge())
+    with pytest.raises(BlokError) as lost:
+        local.start_process(directory, member)
+    assert "ordering_history_lost" in lost.value.message
+    data = directory / "nodes" / member
+    for stale in [*data.glob("ledger.sqlite*"), data / "node.key"]:
+        stale.unlink()
+    snap = tmp_path_factory.mktemp("restore") / "nordwerk.sqlite"
+    head = write_snapshot(directory / "nodes" / "nordwerk", snap)
+    init_from_snapshot(data, snap, json.loads((directory / "genesis.json").read_text()), member,
+                       demo_node_key(member).signing_key)
+    local.start_process(directory, member)
+    assert anchor(proposer, f"{member} is back")["status"] == "ok"
+    height, _ = converge(network, ["nordwerk", member], timeout_s=60)
+    assert height > head["height"]
