@@ -189,7 +189,7 @@ def init_from_snapshot(data_dir: Path, snapshot: Path, genesis: dict[str, Any], 
         store = Store(data_dir, random_access=False)   # the audit reads the whole file
         try:
             report = audit(store, load_all(), governance.apply_genesis, genesis_known_keys(genesis),
-                           genesis=genesis, progress=progress)
+                           genesis=genesis, progress=progress, keys_in_state=state_node_keys)
         finally:
             store.close()
         if not report.ok:
@@ -706,11 +706,7 @@ class Node:
 
     def checkpoint_keys(self) -> list[str]:
         """Verifier keys (signed-note form) of every organisation's node."""
-        keys = []
-        for _, encoded in self.store.iter_state("id/node/"):
-            node = canonical.decode(encoded)
-            keys.append(verifier_key(node["name"], unb64(node["public_key"])))
-        return sorted(keys)
+        return state_node_keys(self.store)
 
     def checkpoint_quorum(self) -> int:
         return int(self.read_state("policy/checkpoint.quorum") or 1)
@@ -769,6 +765,15 @@ class _ReaderState:
         return self.node.read_state(key)
 
     get_shared = get
+
+
+def state_node_keys(store: Store) -> list[str]:
+    """Verifier keys (signed-note form) of the node keys the state registers now (``id/node/*``)."""
+    keys = []
+    for _, encoded in store.iter_state("id/node/"):
+        node = canonical.decode(encoded)
+        keys.append(verifier_key(node["name"], unb64(node["public_key"])))
+    return sorted(keys)
 
 
 def genesis_known_keys(genesis: dict[str, Any]) -> list[str]:

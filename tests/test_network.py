@@ -310,6 +310,10 @@ def test_a_new_organisation_joins_syncs_and_cosigns(network: dict[str, Any]) -> 
                 break
             assert time.time() < deadline, info
             time.sleep(0.2)
+        # its own ledger passes the full audit: blocks it signed before its admission included
+        audited = subprocess.run([sys.executable, "-m", "blokauto.cli.main", "verify", "--data", str(data)],
+                                 capture_output=True, text=True, timeout=300)
+        assert audited.returncode == 0 and "OK" in audited.stdout, audited.stderr
     finally:
         del network["urls"][joiner]
         proc.terminate()
@@ -379,6 +383,10 @@ def test_a_new_organisation_starts_from_a_snapshot(network: dict[str, Any],
                 break
             assert time.time() < deadline, info
             time.sleep(0.2)
+        # its own ledger passes the full audit: blocks it signed before its admission included
+        audited = subprocess.run([sys.executable, "-m", "blokauto.cli.main", "verify", "--data", str(data)],
+                                 capture_output=True, text=True, timeout=300)
+        assert audited.returncode == 0 and "OK" in audited.stdout, audited.stderr
     finally:
         del network["urls"][joiner]
         proc.terminate()

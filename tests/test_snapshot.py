@@ -131,3 +131,55 @@ def test_snapshot_and_start_from_it_on_the_command_line(source: tuple[Path, Path
     refused = cli("init", "--data", str(tmp_path / "third"), "--genesis", str(genesis), "--org", OTHER_ORG,
                   "--node-key", str(key), "--from-snapshot", str(tmp_path / "missing.sqlite"))
     assert refused.returncode != 0 and "no_snapshot" in refused.stderr
+
+
+def test_a_joined_organisations_ledger_passes_the_audit(tmp_path: Path) -> None:
+    """A node of an organisation admitted after genesis signs every block it commits with its own key,
+    the ones before its admission too: the audit accepts a checkpoint signed by a node key the replay
+    registered at any height (and, on the command line, the node's own key), and still refuses one
+    signed by nobody it knows, or tampered with."""
+    from nacl.signing import SigningKey
+
+    from blokauto.contracts import governance
+    from blokauto.contracts.registry import load_all
+    from blokauto.crypto.keys import Signer, b64
+    from blokauto.ledger.audit import audit
+    from blokauto.ledger.store import Store
+    from blokauto.node import genesis_known_keys, state_node_keys
+
+    data, newcomer = tmp_path / "newcomer", SigningKey(hashlib.sha256(b"tests/newcomer-node").digest())
+    name = f"{GENESIS['chain']}/newcomer"
+    init_ledger(data, GENESIS, "newcomer", newcomer, joining=True)
+    with Node(data) as node:
+        assert anchor(node, "werkstatt-berg", 1, "before the admission")["status"] == "ok"
+        proposer = demo.demo_admin("nordwerk")
+        admin = Signer.deterministic("tests/newcomer-admin")
+        org = {"id": "newcomer", "name": "Newcomer GmbH", "roles": ["workshop"], "admins": [admin.did],
+               "node": {"name": name, "public_key": b64(bytes(newcomer.verify_key))}}
+        proposal = node.submit(sign_tx(node.chain, "gov.propose", proposer, 1,
+                                       {"action": {"kind": "admit_org", "org": org}})).result(timeout=30)
+        assert proposal["status"] == "ok", proposal
+        for voter in ("quickfix", "kba-registry", "hanse-bank", "alpina-insurance"):
+            vote = node.submit(sign_tx(node.chain, "gov.vote", demo.demo_admin(voter), 1,
+                                       {"proposal": proposal["tx"]})).result(timeout=30)
+            assert vote["status"] == "ok", vote
+        assert any(key.startswith(name + "+") for key in node.checkpoint_keys()), "not admitted"
+        assert anchor(node, "werkstatt-berg", 2, "after the admission")["status"] == "ok"
+
+    def run_audit(**kwargs: Any) -> Any:
+        store = Store(data, random_access=False)
+        try:
+            return audit(store, load_all(), governance.apply_genesis, genesis_known_keys(GENESIS), **kwargs)
+        finally:
+            store.close()
+
+    assert run_audit(keys_in_state=state_node_keys).ok
+    unknown = run_audit()                     # the genesis keys alone: block 0 already fails
+    assert not unknown.ok and unknown.first_bad_height == 0
+    verified = subprocess.run([*BIN, "verify", "--data", str(data)], capture_output=True, text=True, env=ENV,
+                              timeout=300)
+    assert verified.returncode == 0 and "OK" in verified.stdout, verified.stderr
+    tamper(data / "ledger.sqlite", "UPDATE blocks SET checkpoint = substr(checkpoint, 1, length(checkpoint) - 6) "
+                                   "|| 'AAAA=' || char(10) WHERE height = 1")   # its signature's last bytes
+    tampered = run_audit(keys_in_state=state_node_keys)
+    assert not tampered.ok and tampered.first_bad_height == 1

@@ -173,9 +173,10 @@ def verify(
 
     from blokauto.contracts import governance
     from blokauto.contracts.registry import load_all
+    from blokauto.crypto.note import verifier_key
     from blokauto.ledger.audit import audit
     from blokauto.ledger.store import Store
-    from blokauto.node import genesis_known_keys
+    from blokauto.node import NODE_KEY_FILE, genesis_known_keys, read_node_key, state_node_keys
 
     store = Store(data, random_access=False)   # the audit reads the whole file: read-ahead helps it
     try:
@@ -183,13 +184,17 @@ def verify(
         trusted = json.loads(genesis.read_text()) if genesis else None
         doc = trusted or (canonical.decode(stored) if stored else {})
         keys = genesis_known_keys(doc)
+        if (data / NODE_KEY_FILE).exists():   # this node's own key signed its checkpoints, also before its admission
+            signer = read_node_key(data)[1]
+            keys.append(verifier_key(signer.name, bytes(signer.key.verify_key)))
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task("replaying blocks", total=None)
 
             def tick(height: int, head: int) -> None:
                 progress.update(task, completed=height + 1, total=head + 1)
 
-            report = audit(store, load_all(), governance.apply_genesis, keys, progress=tick, genesis=trusted)
+            report = audit(store, load_all(), governance.apply_genesis, keys, progress=tick, genesis=trusted,
+                           keys_in_state=state_node_keys)
     finally:
         store.close()
     if report.ok:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,15 @@ def audit(
     quorum: int = 1,
     progress: Callable[[int, int], None] | None = None,
     genesis: dict[str, Any] | None = None,
+    keys_in_state: Callable[[Store], Iterable[str]] | None = None,
 ) -> AuditReport:
-    """Replay and compare; ``genesis`` (if given) must equal the stored genesis document."""
+    """Replay and compare; ``genesis`` (if given) must equal the stored genesis document.
+
+    Each block's stored checkpoint must be signed by a key in ``known_keys`` or, with
+    ``keys_in_state``, by a node key the replayed state registered at some height: a node of an
+    organisation admitted later signs every block it commits with its own key, the early ones too,
+    so a checkpoint no key known at its height verifies is checked again at the end, against every
+    key the replay saw (a rotated-away key included)."""
     report = AuditReport()
     scratch = Path(tempfile.mkdtemp(prefix="blokauto-audit-"))
     replay_store = Store(scratch, create=True)
@@ -73,9 +80,15 @@ def audit(
             return report
         replay = Ledger.create(replay_store, registry, genesis_doc, apply_genesis, None)
         head = store.head_height(conn)
+        keys = set(known_keys)
+        later: list[int] = []      # heights whose checkpoint signer the replay had not registered yet
         for height in range(0, head + 1):
             try:
-                _check_block(store, replay, height, known_keys, quorum, report)
+                if not _check_block(store, replay, height, sorted(keys), quorum, report,
+                                    defer=keys_in_state is not None):
+                    later.append(height)
+                if keys_in_state is not None:
+                    keys.update(keys_in_state(replay_store))
             except _Stop:
                 return report
             except Exception as exc:  # unreadable rows (wrong types, truncated blobs) are corruption too
@@ -84,6 +97,11 @@ def audit(
             report.blocks += 1
             if progress:
                 progress(height, head)
+        for height in later:
+            try:
+                _check_checkpoint(store, height, sorted(keys), quorum, replay.chain, report, defer=False)
+            except _Stop:
+                return report
         if report.ok:
             _compare_tables(store, replay_store, head, report)
     finally:
@@ -94,13 +112,14 @@ def audit(
 
 
 def _check_block(store: Store, replay: Ledger, height: int, known_keys: list[str], quorum: int,
-                 report: AuditReport) -> None:
+                 report: AuditReport, *, defer: bool = False) -> bool:
+    """Replay one block and compare it; False if its checkpoint is left for the end (``defer``)."""
     conn = store.writer
     block = store.get_block(height, conn)
     if block is None:
         report.fail(height, "block missing")
         raise _Stop
-    block_hash, header_bytes, _, checkpoint = block
+    block_hash, header_bytes, _, _ = block
     if hashlib.sha256(header_bytes).digest() != block_hash:
         report.fail(height, "block hash does not match the stored header bytes")
         raise _Stop
@@ -137,15 +156,28 @@ def _check_block(store: Store, replay: Ledger, height: int, known_keys: list[str
         diffs = [k for k, v in replayed.to_json().items() if header.to_json().get(k) != v]
         report.fail(height, f"header differs from the replay in: {', '.join(diffs) or 'encoding'}")
         raise _Stop
+    return _check_checkpoint(store, height, known_keys, quorum, replay.chain, report, defer=defer)
+
+
+def _check_checkpoint(store: Store, height: int, known_keys: list[str], quorum: int, chain: str,
+                      report: AuditReport, *, defer: bool) -> bool:
+    """The stored checkpoint of ``height`` is signed by a known key and names this very block."""
+    block = store.get_block(height, store.writer)
+    assert block is not None    # checked by _check_block
+    block_hash, header_bytes, _, checkpoint = block
+    header = Header.decode(header_bytes)
     try:
-        cp, _ = open_checkpoint(checkpoint, known_keys, quorum, origin=replay.chain)
+        cp, _ = open_checkpoint(checkpoint, known_keys, quorum, origin=chain)
     except BlokError as exc:
+        if defer and exc.code == "unverified_note":
+            return False
         report.fail(height, f"checkpoint does not verify: {exc.message}")
         raise _Stop from None
     if cp.size != header.log_size or cp.root != header.log_root or \
             block_extension(height, block_hash) not in cp.extensions:
         report.fail(height, "checkpoint does not match the block")
         raise _Stop
+    return True
 
 
 def _leaves_of(store: Store, height: int) -> Iterator[tuple[int, int, bytes, bytes]]:
