@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -141,11 +142,15 @@ def write_snapshot(data_dir: Path, out: Path) -> dict[str, int]:
     return _snapshot_head(out)
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True)
+
+
 def _snapshot_head(path: Path) -> dict[str, int]:
     if not path.is_file():
         raise InputError(f"no snapshot file {path}", code="no_snapshot")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = _open_read_only(path)
         try:
             row = conn.execute("SELECT height, header FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
             seq = conn.execute("SELECT v FROM meta WHERE k = 'stream_seq'").fetchone()
@@ -179,7 +184,7 @@ def init_from_snapshot(data_dir: Path, snapshot: Path, genesis: dict[str, Any], 
     data_dir.mkdir(parents=True, exist_ok=True)
     db = data_dir / DB_FILE
     try:
-        source = sqlite3.connect(f"file:{snapshot}?mode=ro", uri=True)
+        source = _open_read_only(Path(snapshot))
         target = sqlite3.connect(db)
         try:
             source.backup(target)

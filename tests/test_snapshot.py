@@ -183,3 +183,17 @@ def test_a_joined_organisations_ledger_passes_the_audit(tmp_path: Path) -> None:
                                    "|| 'AAAA=' || char(10) WHERE height = 1")   # its signature's last bytes
     tampered = run_audit(keys_in_state=state_node_keys)
     assert not tampered.ok and tampered.first_bad_height == 1
+
+
+def test_a_data_directory_whose_name_has_uri_characters(tmp_path: Path) -> None:
+    """Readers open the database by URI: a '?', '#' or '%' in the directory name must not cut the path
+    short (a reader then opened an empty database elsewhere, and a snapshot copied nothing)."""
+    odd = tmp_path / "fleet ?#%20 data"
+    init_ledger(odd / "node", GENESIS, SOURCE_ORG, demo.demo_node_key(SOURCE_ORG).signing_key)
+    with Node(odd / "node") as node:
+        assert anchor(node, "werkstatt-berg", 1, "odd directory")["status"] == "ok"
+        assert node.store.reader().execute("SELECT count(*) FROM leaves").fetchone() == (1,)
+        head = write_snapshot(odd / "node", odd / "snap #1.sqlite")
+    assert head["log_size"] == 1
+    assert init_from_snapshot(odd / "copy", odd / "snap #1.sqlite", GENESIS, OTHER_ORG,
+                              demo.demo_node_key(OTHER_ORG).signing_key) == head

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -125,7 +126,9 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "NORMAL",
     """A connection to the node's database. ``random_access`` tells the kernel not to read ahead
     on the file (see :func:`_advise_random`): right for b-tree lookups, wrong for a scan front to back."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+        # a URI, so the path is percent-encoded: a '?' or '#' in a directory name would end it early
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, check_same_thread=False,
+                               isolation_level=None)
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
