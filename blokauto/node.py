@@ -128,8 +128,8 @@ def write_snapshot(data_dir: Path, out: Path) -> dict[str, int]:
     if out.exists():
         raise InputError(f"{out} exists: give a new file", code="snapshot_exists")
     source = Store(data_dir)
+    partial = out.with_name(out.name + ".partial")
     try:
-        partial = out.with_name(out.name + ".partial")
         partial.unlink(missing_ok=True)
         target = sqlite3.connect(partial)
         try:
@@ -137,6 +137,9 @@ def write_snapshot(data_dir: Path, out: Path) -> dict[str, int]:
         finally:
             target.close()
         partial.rename(out)
+    except (OSError, sqlite3.Error) as exc:
+        partial.unlink(missing_ok=True)
+        raise StorageError(f"cannot write the snapshot {out}: {exc}", code="snapshot_unwritable") from None
     finally:
         source.close()
     return _snapshot_head(out)

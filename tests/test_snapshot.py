@@ -125,6 +125,8 @@ def test_snapshot_and_start_from_it_on_the_command_line(source: tuple[Path, Path
     assert made.returncode == 0 and "snapshot written" in made.stdout, made.stderr
     again = cli("snapshot", "--data", str(data), "--out", str(snap))
     assert again.returncode != 0 and "snapshot_exists" in again.stderr
+    nowhere = cli("snapshot", "--data", str(data), "--out", str(tmp_path / "no such dir" / "x.sqlite"))
+    assert nowhere.returncode == 1 and "snapshot_unwritable" in nowhere.stderr and "Traceback" not in nowhere.stderr
     started = cli("init", "--data", str(tmp_path / "other"), "--genesis", str(genesis), "--org", OTHER_ORG,
                   "--node-key", str(key), "--from-snapshot", str(snap))
     assert started.returncode == 0 and "every block re-executed" in started.stdout, started.stderr

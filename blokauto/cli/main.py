@@ -324,11 +324,11 @@ def status(node: NodeOpt = DEFAULT_NODE) -> None:
 @app.command()
 def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    transactions: Annotated[int, typer.Option("--n", help="Transactions to commit.")] = 50_000,
+    transactions: Annotated[int, typer.Option("--n", min=100, help="Transactions to commit.")] = 50_000,
     quick: Annotated[bool, typer.Option(help="A short run (for smoke tests).")] = False,
     reports: Annotated[bool, typer.Option(help="Also measure vehicle reports on a committed fleet.")] = True,
-    report_vehicles: Annotated[int, typer.Option(help="Vehicles in the reports ledger.")] = 1_000,
-    report_events: Annotated[int, typer.Option(help="Events per vehicle after its registration.")] = 49,
+    report_vehicles: Annotated[int, typer.Option(min=10, help="Vehicles in the reports ledger.")] = 1_000,
+    report_events: Annotated[int, typer.Option(min=1, help="Events per vehicle after its registration.")] = 49,
     reports_data: Annotated[Path | None, typer.Option(
         help="Keep the reports ledger in this directory: built (or resumed) once, measured on every run. "
              "The target is stated at 1,000,000 vehicles and 20,000,000 events (--report-vehicles 1000000 "
@@ -337,16 +337,16 @@ def bench(
         help="Seed that picks the vehicles to measure (default: a fresh one, so a kept ledger is read cold).")] = None,
     network: Annotated[bool | None, typer.Option(help="Also measure a local 3-node network (default: on, "
                                                       "off with --quick).")] = None,
-    network_n: Annotated[int, typer.Option(help="Transactions for the network run.")] = 20_000,
+    network_n: Annotated[int, typer.Option(min=1_000, help="Transactions for the network run.")] = 20_000,
     parts: Annotated[bool, typer.Option(help="Also measure parts: bulk registration, authenticity checks, "
                                              "recall lists.")] = True,
-    parts_n: Annotated[int, typer.Option(help="Parts to register.")] = 400_000,
+    parts_n: Annotated[int, typer.Option(min=20_000, help="Parts to register.")] = 400_000,
     parts_index_vehicles: Annotated[int, typer.Option(
-        help="Vehicles (30 fitted parts each) in the full-scale recall index; the target is stated at "
+        min=1_000, help="Vehicles (30 fitted parts each) in the full-scale recall index; the target is stated at "
              "1,000,000 (~3 GB, ~10 min to write).")] = 100_000,
     vehicle_data: Annotated[bool, typer.Option(help="Also measure telematics ingestion, sample proofs and "
                                                     "crash deposits through the HTTP API.")] = True,
-    telematics_n: Annotated[int, typer.Option(help="Telematics samples to ingest.")] = 2_000_000,
+    telematics_n: Annotated[int, typer.Option(min=57_600, help="Telematics samples to ingest.")] = 2_000_000,
 ) -> None:
     """Measure committed tx/s through the real path beside same-run baselines, then report speed."""
     from blokauto.bench import run_bench
