@@ -6,11 +6,15 @@ straight into the stream, and a node whose state was tampered with, detected and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -258,66 +262,91 @@ def test_a_tampered_node_is_detected_and_named(network: dict[str, Any]) -> None:
     assert views(network)[victim][0] < views(network)["nordwerk"][0]
 
 
-def test_a_new_organisation_joins_syncs_and_cosigns(network: dict[str, Any]) -> None:
-    import json
-    import subprocess
-    import sys
-
-    import msgspec
-
+def admit(network: dict[str, Any], joiner: str, voters: list[str]) -> None:
+    """The consortium admits a demo organisation with its node key: proposed by nordwerk, voted by ``voters``."""
     from blokauto.crypto.keys import b64
     from blokauto.demo import DEMO_ORGS, demo_node_key, node_key_name
-    from blokauto.network.config import load_network_config, write_network_config
-    from blokauto.node import init_ledger
 
-    directory, chain, joiner = network["dir"], network["state"]["chain"], "werkstatt-berg"
-    spec = next(o for o in DEMO_ORGS if o["id"] == joiner)
-    proposer = Client(network["urls"]["nordwerk"], demo_admin("nordwerk"))
-    proposal = proposer.submit("gov.propose", {"action": {"kind": "admit_org", "org": {
-        "id": joiner, "name": spec["name"], "roles": spec["roles"], "admins": [demo_admin(joiner).did],
-        "node": {"name": node_key_name(chain, joiner), "public_key": b64(demo_node_key(joiner).public_key)}}}})
+    spec, chain = next(o for o in DEMO_ORGS if o["id"] == joiner), network["state"]["chain"]
+    proposal = Client(network["urls"]["nordwerk"], demo_admin("nordwerk")).submit("gov.propose", {"action": {
+        "kind": "admit_org", "org": {
+            "id": joiner, "name": spec["name"], "roles": spec["roles"], "admins": [demo_admin(joiner).did],
+            "node": {"name": node_key_name(chain, joiner), "public_key": b64(demo_node_key(joiner).public_key)}}}})
     assert proposal["status"] == "ok", proposal
-    vote = Client(network["urls"]["kestrel-parts"], demo_admin("kestrel-parts")).submit(
-        "gov.vote", {"proposal": proposal["tx"]})
-    assert vote["status"] == "ok", vote
-    # the new organisation's node: the consortium's genesis, its own key, the same network
+    for voter in voters:
+        vote = Client(network["urls"]["nordwerk"], demo_admin(voter)).submit("gov.vote", {"proposal": proposal["tx"]})
+        assert vote["status"] == "ok", vote
+    assert Client(network["urls"]["nordwerk"], demo_admin("nordwerk")).state(f"id/node/{joiner}")["value"], \
+        "the organisation was not admitted"
+
+
+@contextlib.contextmanager
+def joined_node(network: dict[str, Any], joiner: str) -> Iterator[Path]:
+    """Run the node in ``nodes/<joiner>`` (its ledger made by the caller) on the consortium's network."""
+    import msgspec
+
+    from blokauto.network.config import load_network_config, write_network_config
+
+    directory = network["dir"]
     data = directory / "nodes" / joiner
-    init_ledger(data, json.loads((directory / "genesis.json").read_text()), joiner,
-                demo_node_key(joiner).signing_key, joining=True)
     template = load_network_config(directory / "nodes" / "nordwerk" / "network.json")
     write_network_config(data / "network.json", msgspec.structs.replace(template, org=joiner, api_url=None))
     port = local._free_ports(1)[0]
     proc = subprocess.Popen([sys.executable, "-m", "blokauto.cli.main", "serve", "--data", str(data), "--port",
                              str(port), "--network", str(data / "network.json")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    network["urls"][joiner] = f"http://127.0.0.1:{port}"
     try:
-        network["urls"][joiner] = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                # (the tampered node of the previous test stays apart)
-                height, _ = converge(network, ["nordwerk", "kestrel-parts", joiner], timeout_s=5)
-                break
-            except (AssertionError, BlokError):
-                assert time.time() < deadline, "the new node did not catch up"
-        # it replayed and checked the whole history, and now cosigns new checkpoints
-        assert anchor(proposer, "after the join")["status"] == "ok"
-        deadline = time.time() + 30
-        while True:
-            info = Client(network["urls"]["nordwerk"])._json("GET", "/v1/network")
-            if info["final"] and info["final"]["height"] > height and \
-                    node_key_name(chain, joiner) in info["final"]["signers"]:
-                break
-            assert time.time() < deadline, info
-            time.sleep(0.2)
-        # its own ledger passes the full audit: blocks it signed before its admission included
-        audited = subprocess.run([sys.executable, "-m", "blokauto.cli.main", "verify", "--data", str(data)],
-                                 capture_output=True, text=True, timeout=300)
-        assert audited.returncode == 0 and "OK" in audited.stdout, audited.stderr
+        yield data
     finally:
         del network["urls"][joiner]
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def catches_up_cosigns_and_verifies(network: dict[str, Any], joiner: str, data: Path) -> int:
+    """The joined node reaches the others' height and root, its signature is on the next final
+    checkpoint, and its own ledger passes the full audit (blocks it signed before its admission
+    included). Returns the height it caught up at."""
+    from blokauto.demo import node_key_name
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            # (the tampered node of an earlier test stays apart)
+            height, _ = converge(network, ["nordwerk", "kestrel-parts", joiner], timeout_s=5)
+            break
+        except (AssertionError, BlokError):
+            assert time.time() < deadline, f"{joiner}'s node did not catch up"
+    nordwerk = Client(network["urls"]["nordwerk"], demo_admin("nordwerk"))
+    assert anchor(nordwerk, f"cosigned by {joiner}")["status"] == "ok"
+    name, deadline = node_key_name(network["state"]["chain"], joiner), time.time() + 30
+    while True:
+        info = Client(network["urls"]["nordwerk"])._json("GET", "/v1/network")
+        if info["final"] and info["final"]["height"] > height and name in info["final"]["signers"]:
+            break
+        assert time.time() < deadline, info
+        time.sleep(0.2)
+    audited = subprocess.run([sys.executable, "-m", "blokauto.cli.main", "verify", "--data", str(data)],
+                             capture_output=True, text=True, timeout=300)
+    assert audited.returncode == 0 and "OK" in audited.stdout, audited.stderr
+    return height
+
+
+def test_a_new_organisation_joins_syncs_and_cosigns(network: dict[str, Any]) -> None:
+    """It replays and checks the whole history from the stream, then cosigns."""
+    import json
+
+    from blokauto.demo import demo_node_key
+    from blokauto.node import init_ledger
+
+    joiner = "werkstatt-berg"
+    admit(network, joiner, ["kestrel-parts"])
+    # the new organisation's node: the consortium's genesis, its own key, the same network
+    init_ledger(network["dir"] / "nodes" / joiner, json.loads((network["dir"] / "genesis.json").read_text()), joiner,
+                demo_node_key(joiner).signing_key, joining=True)
+    with joined_node(network, joiner) as data:
+        catches_up_cosigns_and_verifies(network, joiner, data)
 
 
 def test_a_new_organisation_starts_from_a_snapshot(network: dict[str, Any],
@@ -326,71 +355,25 @@ def test_a_new_organisation_starts_from_a_snapshot(network: dict[str, Any],
     (taken while that node runs), audited in full, goes on from the snapshot's stream position, and
     cosigns with the others."""
     import json
-    import subprocess
-    import sys
 
-    import msgspec
-
-    from blokauto.crypto.keys import b64
-    from blokauto.demo import DEMO_ORGS, demo_node_key, node_key_name
-    from blokauto.network.config import load_network_config, write_network_config
+    from blokauto.demo import demo_node_key
     from blokauto.node import init_from_snapshot, write_snapshot
 
-    directory, chain, joiner = network["dir"], network["state"]["chain"], "alpina-insurance"
-    spec = next(o for o in DEMO_ORGS if o["id"] == joiner)
-    proposer = Client(network["urls"]["nordwerk"], demo_admin("nordwerk"))
-    proposal = proposer.submit("gov.propose", {"action": {"kind": "admit_org", "org": {
-        "id": joiner, "name": spec["name"], "roles": spec["roles"], "admins": [demo_admin(joiner).did],
-        "node": {"name": node_key_name(chain, joiner), "public_key": b64(demo_node_key(joiner).public_key)}}}})
-    assert proposal["status"] == "ok", proposal
-    for voter in ("kestrel-parts", "werkstatt-berg"):   # a majority of the four organisations now
-        vote = Client(network["urls"]["nordwerk"], demo_admin(voter)).submit("gov.vote", {"proposal": proposal["tx"]})
-        assert vote["status"] == "ok", vote
-    assert Client(network["urls"]["nordwerk"], demo_admin("nordwerk")).state(f"id/node/{joiner}")["value"], \
-        "the organisation was not admitted"
-    assert anchor(proposer, "before the snapshot")["status"] == "ok"
+    directory, joiner = network["dir"], "alpina-insurance"
+    nordwerk = Client(network["urls"]["nordwerk"], demo_admin("nordwerk"))
+    admit(network, joiner, ["kestrel-parts", "werkstatt-berg"])   # a majority of the four organisations now
+    assert anchor(nordwerk, "before the snapshot")["status"] == "ok"
     converge(network, ["nordwerk", "kestrel-parts"])
     snap = tmp_path_factory.mktemp("snapshot") / "nordwerk.sqlite"
     head = write_snapshot(directory / "nodes" / "nordwerk", snap)   # nordwerk's node keeps running
     assert head["stream_seq"] > 0
-    data = directory / "nodes" / joiner
-    started = init_from_snapshot(data, snap, json.loads((directory / "genesis.json").read_text()), joiner,
+    genesis = json.loads((directory / "genesis.json").read_text())
+    started = init_from_snapshot(directory / "nodes" / joiner, snap, genesis, joiner,
                                  demo_node_key(joiner).signing_key, joining=True)
     assert started == head
-    template = load_network_config(directory / "nodes" / "nordwerk" / "network.json")
-    write_network_config(data / "network.json", msgspec.structs.replace(template, org=joiner, api_url=None))
-    port = local._free_ports(1)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "blokauto.cli.main", "serve", "--data", str(data), "--port",
-                             str(port), "--network", str(data / "network.json")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        network["urls"][joiner] = f"http://127.0.0.1:{port}"
-        assert anchor(proposer, "after the snapshot")["status"] == "ok"
-        deadline = time.time() + 60
-        while True:
-            try:
-                height, _ = converge(network, ["nordwerk", "kestrel-parts", joiner], timeout_s=5)
-                break
-            except (AssertionError, BlokError):
-                assert time.time() < deadline, "the node started from the snapshot did not catch up"
-        assert height > head["height"]
-        assert anchor(proposer, "cosigned by the new node")["status"] == "ok"
-        deadline = time.time() + 30
-        while True:
-            info = Client(network["urls"]["nordwerk"])._json("GET", "/v1/network")
-            if info["final"] and info["final"]["height"] > height and \
-                    node_key_name(chain, joiner) in info["final"]["signers"]:
-                break
-            assert time.time() < deadline, info
-            time.sleep(0.2)
-        # its own ledger passes the full audit: blocks it signed before its admission included
-        audited = subprocess.run([sys.executable, "-m", "blokauto.cli.main", "verify", "--data", str(data)],
-                                 capture_output=True, text=True, timeout=300)
-        assert audited.returncode == 0 and "OK" in audited.stdout, audited.stderr
-    finally:
-        del network["urls"][joiner]
-        proc.terminate()
-        proc.wait(timeout=30)
+    with joined_node(network, joiner) as data:
+        assert anchor(nordwerk, "after the snapshot")["status"] == "ok"
+        assert catches_up_cosigns_and_verifies(network, joiner, data) > head["height"]
 
 
 def test_a_node_behind_a_purged_stream_comes_back_from_a_snapshot(
