@@ -55,6 +55,21 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def machine_busy_s() -> float | None:
+    """CPU-seconds the whole machine has spent busy (all cores, /proc/stat), or None where unknown.
+    Read before and after a phase that is the machine's only work: its CPU cost, whatever processes
+    (worker pools, nats servers, node processes) it ran in."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_ledger(raws: list[bytes], work: Path, genesis: dict[str, Any]) -> dict[str, Any]:
     data = work / "node"
     init_ledger(data, genesis, demo.OPERATOR_ORG, demo.demo_node_key(demo.OPERATOR_ORG).signing_key)
@@ -67,6 +82,7 @@ def bench_ledger(raws: list[bytes], work: Path, genesis: dict[str, Any]) -> dict
         gc.collect()
         rss = [rss_mb()]
         ok = 0
+        busy_before = machine_busy_s()
         started = time.perf_counter()
         previous: list[Any] = []
         for start in range(0, len(raws), slice_size):
@@ -77,6 +93,7 @@ def bench_ledger(raws: list[bytes], work: Path, genesis: dict[str, Any]) -> dict
             rss.extend(rss_mb() for q in quarters if start < q <= end)
         ok += sum(1 for f in previous if f.result()["status"] == "ok")
         elapsed = time.perf_counter() - started
+        busy_after = machine_busy_s()
         height = node.ledger.head.height
         size = node.ledger.head.log_size
         db_bytes = sum(p.stat().st_size for p in data.glob("ledger.sqlite*"))
@@ -103,6 +120,8 @@ def bench_ledger(raws: list[bytes], work: Path, genesis: dict[str, Any]) -> dict
         "rss_mb_by_quarter": rss,
         "proof_gen_us": statistics.median(gen) * 1e6, "proof_verify_us": statistics.median(ver) * 1e6,
         "state_proof_gen_us": statistics.median(state_gen) * 1e6,
+        "cpu_us_per_tx": None if busy_before is None or busy_after is None
+        else (busy_after - busy_before) / len(raws) * 1e6,
     }
 
 

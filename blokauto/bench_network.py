@@ -25,6 +25,7 @@ from typing import Any
 import nats
 
 from blokauto import demo
+from blokauto.bench import machine_busy_s
 from blokauto.client import Client
 from blokauto.ledger.tx import sign_tx
 from blokauto.network import local
@@ -100,10 +101,12 @@ def _measure(state: dict[str, Any], n: int, say: Callable[[str], None]) -> dict[
     saturate, paced = raws[: n // 2], raws[n // 2 :]
     say(f"network: publishing {len(saturate)} transactions as fast as the stream takes them...")
     base = min(_final_size(u) for u in urls)
+    busy_before = machine_busy_s()
     started = time.perf_counter()
     asyncio.run(publish(saturate, None))
     wait_final(base + len(saturate), started)
     elapsed = time.perf_counter() - started
+    busy_after = machine_busy_s()
     tps = len(saturate) / elapsed
     # phase 2: a steady load at half that rate, with the probe timing submission -> final checkpoint
     rate = max(50.0, tps / 2)
@@ -125,4 +128,6 @@ def _measure(state: dict[str, Any], n: int, say: Callable[[str], None]) -> dict[
         "transactions": n, "tx_per_s": tps, "seconds": elapsed, "steady_rate": rate,
         "final_latency_p50_s": statistics.median(ordered) if ordered else float("nan"),
         "final_latency_p99_s": p99, "probes": len(ordered), "converged": len(roots) == 1,
+        "cpu_us_per_tx": None if busy_before is None or busy_after is None
+        else (busy_after - busy_before) / len(saturate) * 1e6,
     }

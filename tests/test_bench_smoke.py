@@ -21,6 +21,7 @@ def test_bench_quick_json_runs_the_real_path() -> None:
     assert report["blokauto"]["committed_ok"] == 2000          # every transaction committed, none refused
     assert report["blokauto"]["log_size"] == 2000
     assert len(report["blokauto"]["rss_mb_by_quarter"]) == 5
+    assert report["blokauto"]["cpu_us_per_tx"] > 0                # the machine's CPU spent per committed tx
     assert any(line.startswith("blokauto (") and line.endswith("tx/s") for line in report["lines"])
     parts = report["parts"]
     # the registrations, the fleet and the recall all went through the contracts

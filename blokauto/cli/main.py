@@ -4,6 +4,7 @@ to stderr and exits 1; usage errors exit 2."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -384,6 +385,15 @@ def bench(
             f"p50 {net['final_latency_p50_s'] * 1000:,.0f} ms, p99 {net['final_latency_p99_s'] * 1000:,.0f} ms "
             f"over {net['probes']} probes (target p99 <= 1 s); all nodes same state root: {net['converged']}",
         ]
+        single_cpu, net_cpu = results["blokauto"].get("cpu_us_per_tx"), net.get("cpu_us_per_tx")
+        cores = os.cpu_count()
+        if single_cpu and net_cpu and cores:
+            ceiling = cores / (net_cpu / 1e6)
+            net["lines"].append(
+                f"CPU per committed transaction, whole machine (/proc/stat): single node {single_cpu:,.0f} us, "
+                f"network {net_cpu:,.0f} us ({net_cpu / single_cpu:.1f}x: every node verifies and executes every "
+                f"transaction); at that cost {cores} cores allow at most {ceiling:,.0f} tx/s, a ratio of "
+                f"{ceiling / single:.2f}")
         results["network"] = net
     if json_out:
         print_json(results)
