@@ -17,7 +17,6 @@ import os
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from blokauto.ledger.chain import (
     parse_block_extension,
 )
 from blokauto.ledger.state import nonce_key
-from blokauto.ledger.store import DB_FILE, Store
+from blokauto.ledger.store import DB_FILE, Store, connect
 from blokauto.ledger.tx import MAX_TX_BYTES, SignedTx, decode_batch, encode_batch, parse_tx, verify_tx_signatures
 from blokauto.offchain.store import BlobStore
 from blokauto.ordering.base import Batch
@@ -145,15 +144,11 @@ def write_snapshot(data_dir: Path, out: Path) -> dict[str, int]:
     return _snapshot_head(out)
 
 
-def _open_read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True)
-
-
 def _snapshot_head(path: Path) -> dict[str, int]:
     if not path.is_file():
         raise InputError(f"no snapshot file {path}", code="no_snapshot")
     try:
-        conn = _open_read_only(path)
+        conn = connect(path, readonly=True)
         try:
             row = conn.execute("SELECT height, header FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
             seq = conn.execute("SELECT v FROM meta WHERE k = 'stream_seq'").fetchone()
@@ -187,7 +182,7 @@ def init_from_snapshot(data_dir: Path, snapshot: Path, genesis: dict[str, Any], 
     data_dir.mkdir(parents=True, exist_ok=True)
     db = data_dir / DB_FILE
     try:
-        source = _open_read_only(Path(snapshot))
+        source = connect(Path(snapshot), readonly=True)
         target = sqlite3.connect(db)
         try:
             source.backup(target)

@@ -80,15 +80,16 @@ def audit(
             return report
         replay = Ledger.create(replay_store, registry, genesis_doc, apply_genesis, None)
         head = store.head_height(conn)
-        keys = set(known_keys)
+        keys = sorted(set(known_keys))
         later: list[int] = []      # heights whose checkpoint signer the replay had not registered yet
         for height in range(0, head + 1):
             try:
-                if not _check_block(store, replay, height, sorted(keys), quorum, report,
-                                    defer=keys_in_state is not None):
+                if not _check_block(store, replay, height, keys, quorum, report, defer=keys_in_state is not None):
                     later.append(height)
                 if keys_in_state is not None:
-                    keys.update(keys_in_state(replay_store))
+                    registered = set(keys_in_state(replay_store))
+                    if not registered <= set(keys):
+                        keys = sorted(registered | set(keys))
             except _Stop:
                 return report
             except Exception as exc:  # unreadable rows (wrong types, truncated blobs) are corruption too
@@ -98,8 +99,11 @@ def audit(
             if progress:
                 progress(height, head)
         for height in later:
+            block = store.get_block(height, conn)
+            assert block is not None    # checked by _check_block
             try:
-                _check_checkpoint(store, height, sorted(keys), quorum, replay.chain, report, defer=False)
+                _check_checkpoint(height, block[0], Header.decode(block[1]), block[3], keys, quorum, replay.chain,
+                                  report, defer=False)
             except _Stop:
                 return report
         if report.ok:
@@ -119,7 +123,7 @@ def _check_block(store: Store, replay: Ledger, height: int, known_keys: list[str
     if block is None:
         report.fail(height, "block missing")
         raise _Stop
-    block_hash, header_bytes, _, _ = block
+    block_hash, header_bytes, _, checkpoint = block
     if hashlib.sha256(header_bytes).digest() != block_hash:
         report.fail(height, "block hash does not match the stored header bytes")
         raise _Stop
@@ -156,16 +160,14 @@ def _check_block(store: Store, replay: Ledger, height: int, known_keys: list[str
         diffs = [k for k, v in replayed.to_json().items() if header.to_json().get(k) != v]
         report.fail(height, f"header differs from the replay in: {', '.join(diffs) or 'encoding'}")
         raise _Stop
-    return _check_checkpoint(store, height, known_keys, quorum, replay.chain, report, defer=defer)
+    return _check_checkpoint(height, block_hash, header, checkpoint, known_keys, quorum, replay.chain, report,
+                             defer=defer)
 
 
-def _check_checkpoint(store: Store, height: int, known_keys: list[str], quorum: int, chain: str,
-                      report: AuditReport, *, defer: bool) -> bool:
-    """The stored checkpoint of ``height`` is signed by a known key and names this very block."""
-    block = store.get_block(height, store.writer)
-    assert block is not None    # checked by _check_block
-    block_hash, header_bytes, _, checkpoint = block
-    header = Header.decode(header_bytes)
+def _check_checkpoint(height: int, block_hash: bytes, header: Header, checkpoint: str, known_keys: list[str],
+                      quorum: int, chain: str, report: AuditReport, *, defer: bool) -> bool:
+    """The stored checkpoint of block ``height`` is signed by a known key and names this very block
+    (whose hash and header were checked before)."""
     try:
         cp, _ = open_checkpoint(checkpoint, known_keys, quorum, origin=chain)
     except BlokError as exc:

@@ -172,8 +172,8 @@ def facet_values(key: str, encoded: bytes | None) -> set[tuple[str, str]]:
     return found
 
 
-def _prefix_end(prefix: str) -> str:
-    """The least string above every string that starts with ``prefix``."""
+def prefix_end(prefix: str) -> str:
+    """The least string above every string that starts with ``prefix`` (a range scan's end)."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
@@ -246,10 +246,9 @@ class Store:
         log.info("building the list-filter index facets (once, for a ledger written before it existed)")
         with _Transaction(self.writer) as conn:
             for prefix in FACETS:
-                rows = conn.execute("SELECT k, v FROM state WHERE k >= ? AND k < ?", (prefix, _prefix_end(prefix)))
                 conn.executemany("INSERT OR IGNORE INTO facets (facet, value, k) VALUES (?, ?, ?)",
-                                 ((facet, value, key) for key, v in rows
-                                  for facet, value in facet_values(key, bytes(v))))
+                                 ((facet, value, key) for key, v in self.iter_state(prefix, conn)
+                                  for facet, value in facet_values(key, v)))
 
     # -- connections -----------------------------------------------------------------------
 
@@ -449,7 +448,7 @@ class Store:
 
     def iter_state(self, prefix: str = "", conn: sqlite3.Connection | None = None,
                    limit: int = -1) -> Iterator[tuple[str, bytes]]:
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"
+        upper = prefix_end(prefix) if prefix else "\U0010ffff"
         rows = self._conn(conn).execute(
             "SELECT k, v FROM state WHERE k >= ? AND k < ? ORDER BY k LIMIT ?", (prefix, upper, limit)
         )

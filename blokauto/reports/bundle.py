@@ -65,10 +65,7 @@ def build_bundle(store: Store, vin: str, keys: list[str], quorum: int,
 
 
 def _build(store: Store, vin: str, keys: list[str], quorum: int, conn: sqlite3.Connection) -> dict[str, Any]:
-    head = store.get_block(store.head_height(conn), conn)
-    if head is None:
-        raise NotFound("the ledger has no blocks", code="no_blocks")
-    size = int(canonical.decode(head[1])["log_size"])
+    size = proofs.latest_checkpoint(store, conn)[1].log_size
     indexes = [i for i in store.subject_leaves(f"vin:{vin}", conn, limit=MAX_EVENTS * 4) if i < size]
     # On a ledger larger than memory each leaf is a disk read or two: they go first, on the
     # store's reader threads, and come back while the state proof and the log nodes are built

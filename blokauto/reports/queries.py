@@ -14,7 +14,7 @@ from typing import Any
 
 from blokauto.crypto import canonical
 from blokauto.ledger import proofs
-from blokauto.ledger.store import FACETS, Store
+from blokauto.ledger.store import FACETS, Store, prefix_end
 
 PREFIX = "vehicle/"
 FILTERS = FACETS[PREFIX]
@@ -26,7 +26,7 @@ def list_vehicles(store: Store, filters: dict[str, str | int], after: str = "", 
                   conn: sqlite3.Connection | None = None) -> dict[str, Any]:
     """One page of vehicle records in VIN order, and the cursor of the next page (or None)."""
     conn = conn or store.reader()
-    start, end = f"{PREFIX}{after}", "vehicle0"
+    start, end = f"{PREFIX}{after}", prefix_end(PREFIX)
     wanted = {name: str(value) for name, value in filters.items()
               if name in FILTERS and value is not None and value != ""}
     with proofs.read_snapshot(conn):
